@@ -1,0 +1,153 @@
+"""Diffusion training math: noise, timesteps, targets, (min-SNR weighted) loss, fixed validation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+
+def snr(alphas_cumprod: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) at timesteps `t`."""
+    a = alphas_cumprod.to(t.device)[t].float()
+    return a / (1.0 - a)
+
+
+def min_snr_weights(snr_t: torch.Tensor, gamma: float, prediction_type: str) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023) for epsilon or v targets."""
+    clipped = torch.clamp(snr_t, max=gamma)
+    if prediction_type == "epsilon":
+        return clipped / snr_t
+    if prediction_type == "v_prediction":
+        return clipped / (snr_t + 1.0)
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+
+
+def sample_noise(latents: torch.Tensor, offset: float, gen: torch.Generator) -> torch.Tensor:
+    """Gaussian noise shaped like `latents`; `offset` adds a per-channel constant (noise offset)."""
+    noise = torch.randn(latents.shape, generator=gen, dtype=torch.float32)
+    if offset > 0:
+        noise = noise + offset * torch.randn(latents.shape[:2] + (1, 1), generator=gen)
+    return noise.to(latents.device, latents.dtype)
+
+
+def target_for(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(latents, noise, t)
+    raise ValueError(f"unsupported prediction_type {kind!r}")
+
+
+def per_sample_losses(unet, scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                      ehs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """UNet on noised latents; returns per-sample (MSE, MAE) in fp32, shape [b] each."""
+    noisy = scheduler.add_noise(latents, noise, t)
+    pred = unet(noisy, t, ehs).sample
+    target = target_for(scheduler, latents, noise, t)
+    diff = pred.float() - target.float()
+    return diff.pow(2).mean(dim=(1, 2, 3)), diff.abs().mean(dim=(1, 2, 3))
+
+
+def training_loss(unet, scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                  ehs: torch.Tensor, min_snr_gamma: Optional[float]) -> torch.Tensor:
+    """Mean MSE on the target, optionally min-SNR weighted per sample."""
+    mse, _ = per_sample_losses(unet, scheduler, latents, noise, t, ehs)
+    if min_snr_gamma is not None:
+        w = min_snr_weights(snr(scheduler.alphas_cumprod, t), min_snr_gamma,
+                            scheduler.config.prediction_type)
+        mse = mse * w.to(mse.device)
+    return mse.mean()
+
+
+@dataclass
+class FixedEval:
+    """A fixed evaluation plan: which latent, which noise, which timestep, per evaluation."""
+
+    item: torch.Tensor  # [K] int64 index into the val latents
+    noise: torch.Tensor  # [K, C, H, W]
+    timesteps: torch.Tensor  # [K] int64, stratified over [0, T)
+
+
+def fixed_eval(n_items: int, shape: tuple[int, ...], repeats: int, num_timesteps: int, seed: int) -> FixedEval:
+    """Seeded plan: each latent `repeats` times; timesteps stratified so every band of [0, T) is hit.
+
+    The same seed gives the same plan on any machine, so val losses compare across runs.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    k = n_items * repeats
+    item = torch.arange(n_items).repeat(repeats)
+    strata = torch.randperm(k, generator=gen)
+    u = torch.rand(k, generator=gen)
+    timesteps = ((strata.float() + u) * num_timesteps / k).long().clamp_(0, num_timesteps - 1)
+    noise = torch.randn((k, *shape), generator=gen)
+    return FixedEval(item, noise, timesteps)
+
+
+@torch.no_grad()
+def eval_losses(unet, scheduler, latents: torch.Tensor, ehs: torch.Tensor, plan: FixedEval,
+                batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-evaluation (MSE, MAE) for the fixed plan; `ehs[i]` is latent i's text embedding."""
+    device = next(unet.parameters()).device
+    dtype = next(unet.parameters()).dtype
+    mses, maes = [], []
+    for s in range(0, len(plan.item), batch_size):
+        idx = plan.item[s:s + batch_size]
+        lat = latents[idx].to(device, dtype)
+        mse, mae = per_sample_losses(unet, scheduler, lat, plan.noise[s:s + batch_size].to(device, dtype),
+                                     plan.timesteps[s:s + batch_size].to(device), ehs[idx].to(device, dtype))
+        mses.append(mse.cpu())
+        maes.append(mae.cpu())
+    return torch.cat(mses), torch.cat(maes)
+
+
+def summarize(mse: torch.Tensor, mae: torch.Tensor) -> dict[str, float]:
+    return {"mse": float(mse.mean()), "mae": float(mae.mean()), "loss_std": float(mse.std(unbiased=False))}
+
+
+def band_means(values: torch.Tensor, timesteps: torch.Tensor, bands: int, num_timesteps: int) -> list[float]:
+    """Mean of `values` per timestep band [k*T/bands, (k+1)*T/bands); NaN for an empty band."""
+    band = (timesteps * bands // num_timesteps).clamp(max=bands - 1)
+    return [float(values[band == b].mean()) if (band == b).any() else float("nan") for b in range(bands)]
+
+
+@torch.no_grad()
+def encode_text(text_encoder, input_ids: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Last hidden states of the frozen text encoder (what SD's UNet cross-attends to)."""
+    device = next(text_encoder.parameters()).device
+    out = [text_encoder(input_ids[s:s + batch_size].to(device))[0] for s in range(0, len(input_ids), batch_size)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def tokenize(tokenizer, captions: list[str]) -> tuple[torch.Tensor, int]:
+    """Token ids padded/truncated to the tokenizer's max length; also how many were truncated."""
+    max_len = tokenizer.model_max_length
+    full = tokenizer(captions, truncation=False, padding=False).input_ids
+    truncated = sum(len(ids) > max_len for ids in full)
+    ids = tokenizer(captions, truncation=True, padding="max_length", max_length=max_len,
+                    return_tensors="pt").input_ids
+    return ids, truncated
+
+
+def latent_augment(latents: torch.Tensor, gen: torch.Generator, noise_prob: float, noise_std: float,
+                   hflip_prob: float, crop_prob: float, crop_min_scale: float) -> torch.Tensor:
+    """Per-sample latent augmentation: Gaussian noise, horizontal flip, crop resized back."""
+    out = latents.clone()
+    b, _, h, w = out.shape
+    flip = torch.rand(b, generator=gen) < hflip_prob
+    out[flip] = out[flip].flip(-1)
+    crop = torch.rand(b, generator=gen) < crop_prob
+    scales = crop_min_scale + (1 - crop_min_scale) * torch.rand(b, generator=gen)
+    offs = torch.rand(b, 2, generator=gen)
+    for i in torch.nonzero(crop).flatten().tolist():
+        ch, cw = max(1, round(h * float(scales[i]))), max(1, round(w * float(scales[i])))
+        top, left = int(offs[i, 0] * (h - ch + 1)), int(offs[i, 1] * (w - cw + 1))
+        window = out[i:i + 1, :, top:top + ch, left:left + cw]
+        out[i:i + 1] = F.interpolate(window, size=(h, w), mode="bilinear", align_corners=False)
+    add = (torch.rand(b, generator=gen) < noise_prob).float().view(b, 1, 1, 1)
+    if noise_std > 0:
+        out = out + add * noise_std * torch.randn(out.shape, generator=gen)
+    return out

@@ -1,0 +1,130 @@
+"""Image validation, quality checks, enhancement and aspect-preserving resize/crop."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the filter learns about one file; `reason` is None when it passes."""
+
+    reason: Optional[str]
+    format: Optional[str] = None
+    mode: Optional[str] = None
+    width: int = 0
+    height: int = 0
+
+
+def inspect_image(path: Path, formats: list[str], min_resolution: int, non_rgb: str,
+                  max_pixels: int) -> ImageInfo:
+    """Open and fully decode `path`; return the first rule it breaks, or pass.
+
+    The mode is read from the original file before any conversion, so a grayscale or RGBA
+    original is never mistaken for RGB. Sizes are taken after the EXIF orientation.
+    """
+    if not path.is_file():
+        return ImageInfo("missing_image")
+    if path.stat().st_size == 0:
+        return ImageInfo("empty_file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                fmt, mode = img.format, img.mode
+                w, h = img.size
+                if w * h > max_pixels:  # refuse before decoding a single pixel
+                    return ImageInfo("decompression_bomb", fmt, mode, w, h)
+                if fmt not in formats:
+                    return ImageInfo("bad_format", fmt, mode, w, h)
+                if getattr(img, "n_frames", 1) > 1:
+                    return ImageInfo("animated", fmt, mode, w, h)
+                img.load()  # decode every byte: a truncated file fails here, not at train time
+                w, h = ImageOps.exif_transpose(img).size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return ImageInfo("decompression_bomb")
+    except Image.UnidentifiedImageError:
+        return ImageInfo("not_an_image")
+    except (OSError, SyntaxError, ValueError, EOFError):
+        return ImageInfo("undecodable")
+    if mode != "RGB" and non_rgb == "drop":
+        return ImageInfo("not_rgb", fmt, mode, w, h)
+    if w < min_resolution or h < min_resolution:
+        return ImageInfo("too_small", fmt, mode, w, h)
+    return ImageInfo(None, fmt, mode, w, h)
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Decode with EXIF orientation applied; non-RGB modes are flattened onto white."""
+    with Image.open(path) as img:
+        img = ImageOps.exif_transpose(img)
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            rgba = img.convert("RGBA")
+            bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(bg, rgba).convert("RGB")
+        if img.mode.startswith("I") or img.mode == "F":
+            # 16-bit / float greyscale: scale to 8 bits instead of clipping at 255
+            arr = np.asarray(img, dtype=np.float64)
+            top = 65535.0 if arr.max() > 255 else 255.0
+            return Image.fromarray(np.clip(arr / top * 255, 0, 255).astype(np.uint8)).convert("RGB")
+        return img.convert("RGB")
+
+
+def sharpness(img: Image.Image) -> float:
+    """Variance of the Laplacian of the grey image: low for blurry or flat pictures."""
+    grey = np.asarray(img.convert("L"), dtype=np.float32)
+    lap = (-4 * grey[1:-1, 1:-1] + grey[:-2, 1:-1] + grey[2:, 1:-1] + grey[1:-1, :-2] + grey[1:-1, 2:])
+    return float(lap.var())
+
+
+def quality_reason(img: Image.Image, min_side: int, min_sharpness: float, min_aspect: float,
+                   max_aspect: float) -> Optional[str]:
+    """The first quality rule `img` breaks (precompute's drop reason), or None."""
+    w, h = img.size
+    if min(w, h) < min_side:
+        return "too_small"
+    aspect = w / h
+    if not (min_aspect <= aspect <= max_aspect):
+        return "bad_aspect"
+    if sharpness(img) < min_sharpness:
+        return "blurry"
+    return None
+
+
+def enhance(img: Image.Image, sharpness_f: float, contrast_f: float, color_f: float) -> Image.Image:
+    """PIL enhancement; factors of 1.0 skip the step so the default changes no pixel."""
+    if sharpness_f != 1.0:
+        img = ImageEnhance.Sharpness(img).enhance(sharpness_f)
+    if contrast_f != 1.0:
+        img = ImageEnhance.Contrast(img).enhance(contrast_f)
+    if color_f != 1.0:
+        img = ImageEnhance.Color(img).enhance(color_f)
+    return img
+
+
+def resize_crop(img: Image.Image, size: int, crop: str) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """Scale so the shorter side is `size` (no squashing), then crop a `size` square.
+
+    Returns the square and the crop box in original-image pixels (left, top, right, bottom).
+    `center` keeps the middle; `top` keeps the top (heads) of tall portraits.
+    """
+    w, h = img.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    resized = img.resize((nw, nh), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    left = (nw - size) // 2
+    top = 0 if crop == "top" else (nh - size) // 2
+    box = (left, top, left + size, top + size)
+    orig = tuple(int(round(v / scale)) for v in box)
+    return resized.crop(box), orig  # type: ignore[return-value]
+
+
+# Blur used by tests and benchmarks to make a deliberately unsharp image.
+def blur(img: Image.Image, radius: float = 6.0) -> Image.Image:
+    return img.filter(ImageFilter.GaussianBlur(radius))

@@ -1,0 +1,135 @@
+"""Raw data sources for the download stage: synthetic, DeepFashion (gdown) and local paths.
+
+Every source fills a staging folder with `images/` and `captions.json` (a flat
+`{file_name: caption}` dict); the stage swaps that folder in whole, so a failed or partial
+download never leaves anything that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Callable, Optional
+
+from . import synthetic
+from .archives import flatten_into, safe_extract
+from .params import ArchiveLimits, Params
+from .utils import UserError, file_sha256
+
+log = logging.getLogger(__name__)
+
+# downloader(file_id, output_path) -> None; raises on failure. Tests pass a fake.
+Downloader = Callable[[str, Path], None]
+
+
+def gdown_download(file_id: str, output: Path) -> None:
+    """Fetch a Google Drive file with gdown (progress bar on stderr)."""
+    import gdown
+
+    try:
+        result = gdown.download(id=file_id, output=str(output), quiet=False)
+    except Exception as e:  # gdown raises several unrelated types for network/permission errors
+        raise UserError(f"could not download Google Drive file id {file_id} ({type(e).__name__}: {e}). "
+                        "Without network access use data.source: local with data.local.images and "
+                        "data.local.captions") from None
+    if result is None or not output.is_file():
+        raise UserError(f"gdown returned no file for Google Drive id {file_id}; check the id in "
+                        "data.deepfashion and your network")
+
+
+def load_captions(path: Path) -> dict:
+    """Read a captions JSON object; anything else stops with the file and the problem named."""
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: captions file is not UTF-8 text ({e})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: captions file is not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: captions must be a JSON object {{file_name: caption}}, "
+                        f"got a JSON {type(raw).__name__}")
+    return raw
+
+
+def _captions_from(path: Path, limits: ArchiveLimits, work: Path) -> dict:
+    """Captions from a .json file, or from a zip holding exactly one .json."""
+    if zipfile.is_zipfile(path):
+        extracted = safe_extract(path, work, limits.max_total_bytes, limits.max_ratio, limits.max_entries)
+        jsons = [f for f in extracted if f.suffix.lower() == ".json"]
+        if len(jsons) != 1:
+            raise UserError(f"{path}: a captions zip must hold exactly one .json file, found {len(jsons)}")
+        return load_captions(jsons[0])
+    return load_captions(path)
+
+
+def _images_from(path: Path, limits: ArchiveLimits, images: Path, work: Path) -> int:
+    """Fill `images` from a zip (safely extracted) or a folder (copied; links skipped)."""
+    if path.is_file() and zipfile.is_zipfile(path):
+        files = safe_extract(path, work, limits.max_total_bytes, limits.max_ratio, limits.max_entries)
+        return flatten_into(files, images)
+    if path.is_dir():
+        images.mkdir(parents=True, exist_ok=True)
+        n = skipped = 0
+        for f in sorted(path.rglob("*")):
+            if f.is_symlink():
+                skipped += 1  # a link could point anywhere on the machine: never followed
+                continue
+            if f.is_file():
+                if (images / f.name).exists():
+                    raise UserError(f"{path}: two files share the name {f.name!r}; captions are keyed "
+                                    "by file name, so this is ambiguous")
+                shutil.copyfile(f, images / f.name)
+                n += 1
+        if skipped:
+            log.warning("skipped %d symbolic links under %s", skipped, path)
+        return n
+    raise UserError(f"data.local.images: {path} is neither a folder nor a zip archive")
+
+
+def _check_sha256(path: Path, expected: Optional[str], key: str) -> str:
+    digest = file_sha256(path)
+    if expected and digest != expected.lower():
+        raise UserError(f"{path.name}: sha256 {digest} does not match {key}={expected}; the download "
+                        "is corrupt or the file changed upstream")
+    log.info("%s sha256 %s", path.name, digest)
+    return digest
+
+
+def fetch(params: Params, stage_dir: Path, downloader: Downloader = gdown_download) -> dict:
+    """Fill `stage_dir` with images/ and captions.json from `data.source`; return provenance."""
+    data = params.data
+    images = stage_dir / "images"
+    with tempfile.TemporaryDirectory(dir=stage_dir.parent, prefix=".download-work-") as tmp:
+        work = Path(tmp)
+        if data.source == "synthetic":
+            summary = synthetic.generate(stage_dir, data.synthetic.count, params.seed + data.synthetic.seed_offset)
+            return {"source": "synthetic", "count": summary["count"], "products": summary["products"],
+                    "deliberately_bad": summary["bad"]}
+        if data.source == "deepfashion":
+            df = data.deepfashion
+            img_zip, cap_file = work / "images.zip", work / "captions.download"
+            log.info("downloading DeepFashion-MultiModal images (id %s)", df.images_id)
+            downloader(df.images_id, img_zip)
+            img_sha = _check_sha256(img_zip, df.images_sha256, "data.deepfashion.images_sha256")
+            log.info("downloading captions (id %s)", df.captions_id)
+            downloader(df.captions_id, cap_file)
+            cap_sha = _check_sha256(cap_file, df.captions_sha256, "data.deepfashion.captions_sha256")
+            captions = _captions_from(cap_file, data.archive, work / "captions")
+            n = _images_from(img_zip, data.archive, images, work / "images")
+            prov = {"source": "deepfashion", "images_sha256": img_sha, "captions_sha256": cap_sha}
+        elif data.source == "local":
+            img_path, cap_path = Path(str(data.local.images)), Path(str(data.local.captions))
+            for key, p in (("data.local.images", img_path), ("data.local.captions", cap_path)):
+                if not p.exists():
+                    raise UserError(f"{key}: {p} does not exist")
+            captions = _captions_from(cap_path, data.archive, work / "captions")
+            n = _images_from(img_path, data.archive, images, work / "images")
+            prov = {"source": "local", "images": str(img_path), "captions": str(cap_path)}
+        else:  # validated in params; spelled out so a new source cannot fall through silently
+            raise UserError(f"data.source: unknown source {data.source!r}")
+    (stage_dir / "captions.json").write_text(json.dumps(captions, indent=1, ensure_ascii=False))
+    return {**prov, "images": n, "captions": len(captions)}

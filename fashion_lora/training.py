@@ -1,0 +1,462 @@
+"""The LoRA training loop: data, model, optimizer, validation, early stopping, checkpoints.
+
+Every random draw of step `s` (batch order, augmentation, caption variants, noise,
+timesteps) comes from generators seeded by (seed, s), and the checkpoint holds the global RNG
+state (LoRA dropout) too, so a resumed run on CPU ends with the same adapter as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from . import diffusion
+from .base import load_base
+from .latents import load_latents
+from .lora import attach_lora, keep_lora_fp32, lora_state
+from .params import Params, TrainParams, to_dict
+from .utils import UserError, atomic_path, resolve_device
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint.pt"
+
+
+def step_seed(seed: int, step: int, stream: int) -> int:
+    """Independent, reproducible seed for (run seed, step, stream)."""
+    return (seed * 1_000_003 + step * 7919 + stream * 104_729) % (2**63 - 1)
+
+
+# ----------------------------------------------------------------------------- data
+class LatentBatches:
+    """Seeded, resumable batches over resident latents with latent and caption augmentation.
+
+    Batch `s` of process `rank` is a pure function of (seed, s, rank): no iterator state to save.
+    Text variants per latent are pre-tokenized: plain, plus each quality term, plus "" (dropout).
+    """
+
+    def __init__(self, latents: torch.Tensor, captions: list[str], tokenizer, p: TrainParams, seed: int,
+                 rank: int = 0, world: int = 1):
+        self.latents, self.p, self.seed, self.rank, self.world = latents, p, seed, rank, world
+        self.n = len(latents)
+        self.per_epoch = max(1, self.n // (p.batch_size * world))
+        variants = [captions] + [[f"{c}, {q}" for c in captions] for q in p.captions.quality_terms]
+        ids, trunc = zip(*(diffusion.tokenize(tokenizer, v) for v in variants))
+        self.ids = torch.stack(ids)  # [1 + Q, N, 77]
+        self.truncated = trunc[0]
+        self.empty = diffusion.tokenize(tokenizer, [""])[0][0]
+
+    def indices(self, step: int) -> torch.Tensor:
+        epoch, pos = divmod(step, self.per_epoch)
+        gen = torch.Generator().manual_seed(step_seed(self.seed, epoch, 1))
+        perm = torch.randperm(self.n, generator=gen)
+        if self.n < self.p.batch_size * self.world:  # tiny data: sample with replacement
+            perm = perm.repeat(math.ceil(self.p.batch_size * self.world / self.n))
+        b = self.p.batch_size
+        start = pos * b * self.world + self.rank * b
+        return perm[start:start + b]
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.indices(step)
+        gen = torch.Generator().manual_seed(step_seed(self.seed, step, 2))
+        a = self.p.augment
+        lat = diffusion.latent_augment(self.latents[idx], gen, a.noise_prob, a.noise_std, a.hflip_prob,
+                                       a.crop_prob, a.crop_min_scale)
+        c = self.p.captions
+        ids = self.ids[0, idx].clone()
+        drop = torch.rand(len(idx), generator=gen) < c.dropout_prob
+        quality = torch.rand(len(idx), generator=gen) < c.quality_prob
+        term = torch.randint(0, max(1, len(c.quality_terms)), (len(idx),), generator=gen)
+        for j in range(len(idx)):
+            if drop[j]:
+                ids[j] = self.empty
+            elif quality[j] and c.quality_terms:
+                ids[j] = self.ids[1 + term[j], idx[j]]
+        return lat, ids
+
+
+# ----------------------------------------------------------------------------- schedule
+def lr_factor(step: int, warmup: int, period: int, mult: int, min_ratio: float) -> float:
+    """Linear warmup, then cosine annealing with warm restarts (same curve as torch's
+    CosineAnnealingWarmRestarts with T_0=period, T_mult=mult, eta_min=min_ratio*lr)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = step - warmup
+    if mult == 1:
+        t_cur, t_i = t % period, period
+    else:
+        n = int(math.log(t / period * (mult - 1) + 1, mult))
+        t_cur, t_i = t - period * (mult**n - 1) // (mult - 1), period * mult**n
+    return min_ratio + (1 - min_ratio) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
+
+
+# ----------------------------------------------------------------------------- state
+@dataclass
+class EarlyStop:
+    patience: int
+    min_delta: float
+    best: float = math.inf
+    best_step: int = -1
+    bad: int = 0
+
+    def update(self, value: float, step: int) -> bool:
+        """Record a validation; True when it is a new best."""
+        if value < self.best - self.min_delta:
+            self.best, self.best_step, self.bad = value, step, 0
+            return True
+        self.bad += 1
+        return False
+
+    @property
+    def stop(self) -> bool:
+        return self.bad >= self.patience
+
+
+@dataclass
+class Outputs:
+    lora_dir: Path
+    live_dir: Path
+    report: Path
+    checkpoint_dir: Path
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    early: Optional[EarlyStop] = None
+    best_lora: Optional[dict] = None
+    history: list[dict] = field(default_factory=list)
+
+
+def fingerprint(params: Params, latent_dir: Path, base_dir: Path) -> str:
+    """What a checkpoint must match to be resumed: train params, seed, latents and base model."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"seed": params.seed, "train": to_dict(params.train)}, sort_keys=True).encode())
+    h.update((latent_dir / "index.json").read_bytes())
+    h.update((base_dir / "unet" / "config.json").read_bytes())
+    h.update(str(sorted((f.name, f.stat().st_size) for f in (base_dir / "unet").iterdir())).encode())
+    return h.hexdigest()
+
+
+def system_check(accelerator, device: torch.device) -> dict:
+    import diffusers
+    import peft
+
+    info = {"device": str(device), "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "peft": peft.__version__, "processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision, "python": platform.python_version()}
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        info.update(gpu=torch.cuda.get_device_name(device), gpu_free_gib=round(free / 2**30, 1),
+                    gpu_total_gib=round(total / 2**30, 1))
+    else:
+        info.update(cpu_threads=torch.get_num_threads())
+    return info
+
+
+def mixed_precision_for(p: TrainParams, device: torch.device) -> str:
+    if p.mixed_precision == "auto":
+        return "fp16" if device.type == "cuda" else "no"
+    if p.mixed_precision == "fp16" and device.type != "cuda":
+        raise UserError("train.mixed_precision: fp16 needs a CUDA GPU; on CPU use 'bf16' or 'no' (or 'auto')")
+    return p.mixed_precision
+
+
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _save_checkpoint(path: Path, state: RunState, unet, optimizer, scheduler, scaler, fp: str) -> None:
+    ckpt = {
+        "fingerprint": fp, "step": state.step, "lora": lora_state(unet),
+        "best_lora": state.best_lora or {}, "optimizer": optimizer.state_dict(),
+        "lr_scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "early": {"best": state.early.best, "best_step": state.early.best_step, "bad": state.early.bad},
+        "history": json.dumps(state.history),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(ckpt, tmp)
+
+
+def _load_checkpoint(path: Path, fp: str) -> Optional[dict]:
+    if not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a corrupt checkpoint must not block training: start fresh, loudly
+        log.warning("ignoring unreadable checkpoint %s (%s); starting from step 0", path, e)
+        return None
+    if ckpt.get("fingerprint") != fp:
+        log.warning("checkpoint %s was made with different train params, latents or base model; "
+                    "not resuming (starting from step 0)", path)
+        return None
+    return ckpt
+
+
+def _set_lora(unet, state: dict) -> None:
+    from peft import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(unet, state)
+    if getattr(result, "unexpected_keys", None):
+        raise RuntimeError(f"checkpoint LoRA keys do not match the model: {result.unexpected_keys[:3]}")
+
+
+# ----------------------------------------------------------------------------- main loop
+def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
+          on_validation: Optional[Callable[[int, dict], None]] = None) -> dict:
+    """Train the LoRA; write adapter, dvclive metrics, report and checkpoints. Returns the report."""
+    from accelerate import Accelerator
+    from dvclive import Live
+    from tqdm import tqdm
+
+    from .lora import KOHYA_WEIGHTS, kohya_state, save_lora
+
+    p = params.train
+    device = resolve_device(p.device, "train.device")
+    mp = mixed_precision_for(p, device)
+    accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=p.gradient_accumulation,
+                              cpu=device.type == "cpu")
+    device = accelerator.device
+    main_proc = accelerator.is_main_process
+    info = system_check(accelerator, device)
+    log.info("system: %s", info)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # Ampere+: TF32 matmuls for the fp32 parts
+        torch.backends.cudnn.allow_tf32 = True
+
+    # Model: frozen base in the compute dtype, LoRA params in fp32.
+    weight_dtype = WEIGHT_DTYPES[mp]
+    base = load_base(base_dir, device, weight_dtype, with_vae=p.samples_every > 0)
+    unet = base.unet
+    cfg = attach_lora(unet, p.lora)
+    keep_lora_fp32(unet)
+    if p.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if device.type == "cuda":
+        unet.to(memory_format=torch.channels_last)
+    lora_params = [q for q in unet.parameters() if q.requires_grad]
+    n_trainable = sum(q.numel() for q in lora_params)
+    n_total = sum(q.numel() for q in unet.parameters())
+    log.info("trainable LoRA params: %d of %d UNet params (%.2f%%)", n_trainable, n_total,
+             100 * n_trainable / n_total)
+
+    # Data: train latents resident in memory; val plan fixed by the seed.
+    train_lat, train_items = load_latents(latent_dir, "train")
+    val_lat, val_items = load_latents(latent_dir, "val")
+    if len(train_lat) == 0:
+        raise UserError(f"{latent_dir}: no train latents; check filter.val_fraction and the data")
+    if len(val_lat) == 0:
+        raise UserError(f"{latent_dir}: no val latents; validation needs some (filter.val_fraction)")
+    batches = LatentBatches(train_lat, [it["caption"] for it in train_items], base.tokenizer, p, params.seed,
+                            accelerator.process_index, accelerator.num_processes)
+    val_ids, val_trunc = diffusion.tokenize(base.tokenizer, [it["caption"] for it in val_items])
+    val_ehs = diffusion.encode_text(base.text_encoder, val_ids).float().cpu()
+    plan = diffusion.fixed_eval(len(val_lat), tuple(val_lat.shape[1:]), p.val_repeats,
+                                base.noise_scheduler.config.num_train_timesteps, params.seed)
+    log.info("train %d latents, val %d (x%d fixed draws); %d of %d train captions truncated at %d tokens",
+             len(train_lat), len(val_lat), p.val_repeats, batches.truncated, len(train_items),
+             base.tokenizer.model_max_length)
+
+    optimizer = torch.optim.AdamW(lora_params, lr=p.learning_rate, betas=tuple(p.betas),
+                                  weight_decay=p.weight_decay)
+    min_ratio = p.min_lr / p.learning_rate
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, p.warmup_steps, p.restart_period, p.restart_mult, min_ratio))
+    # The LR scheduler is stepped by hand once per optimizer step (accelerate would step it
+    # once per process).
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    raw_unet = accelerator.unwrap_model(unet)
+    scaler = accelerator.scaler
+
+    state = RunState(early=EarlyStop(p.early_stopping.patience, p.early_stopping.min_delta))
+    ckpt_path = out.checkpoint_dir / CHECKPOINT
+    fp = fingerprint(params, latent_dir, base_dir)
+    ckpt = _load_checkpoint(ckpt_path, fp)
+    if ckpt is not None:
+        _set_lora(raw_unet, ckpt["lora"])
+        optimizer.optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["lr_scheduler"])
+        if scaler is not None and ckpt["scaler"]:
+            scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"])
+        if torch.cuda.is_available() and ckpt["cuda_rng"]:
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+        state.step = ckpt["step"]
+        state.early.best, state.early.best_step, state.early.bad = (
+            ckpt["early"]["best"], ckpt["early"]["best_step"], ckpt["early"]["bad"])
+        state.best_lora = ckpt["best_lora"] or None
+        state.history = json.loads(ckpt["history"])
+        log.info("resuming from %s at step %d (best val MSE %.5f at step %d)", ckpt_path, state.step,
+                 state.early.best, state.early.best_step)
+    else:
+        torch.manual_seed(params.seed)
+
+    live = None
+    if main_proc:
+        live = Live(str(out.live_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=ckpt is not None)
+        if ckpt is not None:
+            _truncate_live(out.live_dir, state.step)
+        live.log_params({"lora_rank": p.lora.rank, "lora_alpha": p.lora.alpha, "learning_rate": p.learning_rate,
+                         "batch_size": p.batch_size, "max_steps": p.max_steps})
+
+    def validate(step: int) -> dict:
+        raw_unet.eval()
+        mse, mae = diffusion.eval_losses(raw_unet, base.noise_scheduler, val_lat, val_ehs, plan,
+                                         batch_size=max(p.batch_size, 16))
+        raw_unet.train()
+        metrics = diffusion.summarize(mse, mae)
+        improved = state.early.update(metrics["mse"], step)
+        if improved:
+            state.best_lora = lora_state(raw_unet)
+        state.history.append({"step": step, **metrics})
+        if live is not None:
+            live.step = step
+            for k, v in metrics.items():
+                live.log_metric(f"val/{k}", v)
+        log.info("step %d: val MSE %.5f MAE %.5f std %.5f%s", step, metrics["mse"], metrics["mae"],
+                 metrics["loss_std"], " (best)" if improved else f" (no improvement x{state.early.bad})")
+        if on_validation:
+            on_validation(step, metrics)
+        return metrics
+
+    if state.step == 0 and not state.history:
+        validate(0)  # step 0 = the base model itself (LoRA B=0)
+
+    gen_cuda = device.type == "cuda"
+    stop_reason = "max_steps"
+    t_start = time.perf_counter()
+    steps_at_start = state.step
+    bar = tqdm(total=p.max_steps, initial=state.step, desc="train", unit="step", disable=not main_proc,
+               mininterval=1.0)
+    raw_unet.train()
+    grad_norm = torch.tensor(0.0)
+    while state.step < p.max_steps and not state.early.stop:
+        step = state.step
+        for micro in range(p.gradient_accumulation):
+            micro_step = step * p.gradient_accumulation + micro
+            lat, ids = batches.batch(micro_step)
+            gen = torch.Generator().manual_seed(step_seed(params.seed, micro_step, 3 + accelerator.process_index))
+            t = torch.randint(0, base.noise_scheduler.config.num_train_timesteps, (len(lat),), generator=gen)
+            noise = diffusion.sample_noise(lat, p.noise_offset, gen)
+            lat, noise, t = lat.to(device, weight_dtype), noise.to(device, weight_dtype), t.to(device)
+            with accelerator.accumulate(unet):
+                with torch.no_grad():
+                    ehs = base.text_encoder(ids.to(device))[0]
+                with accelerator.autocast():
+                    loss = diffusion.training_loss(unet, base.noise_scheduler, lat, noise, t, ehs, p.min_snr_gamma)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(lora_params, p.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        state.step += 1
+        loss_v = accelerator.reduce(loss.detach(), reduction="mean").item()
+        lr = scheduler.get_last_lr()[0]
+        gn = float(grad_norm)
+        if live is not None:
+            live.step = state.step
+            live.log_metric("train/loss", loss_v)
+            live.log_metric("train/grad_norm", gn)
+            live.log_metric("train/lr", lr)
+        bar.set_postfix(loss=f"{loss_v:.4f}", grad=f"{gn:.3f}", lr=f"{lr:.2e}", refresh=False)
+        bar.update(1)
+        if not math.isfinite(loss_v):
+            raise UserError(f"loss became {loss_v} at step {state.step}; lower train.learning_rate "
+                            "or use train.mixed_precision: bf16/no")
+        if state.step % p.val_every == 0 or state.step == p.max_steps:
+            validate(state.step)
+            if p.samples_every and main_proc and len(state.history) % p.samples_every == 0:
+                _log_sample(live, base, raw_unet, params, state.step)
+            if state.early.stop:
+                stop_reason = "early_stopping"
+        if main_proc and (state.step % p.checkpoint_every == 0 or state.step == p.max_steps or state.early.stop):
+            _save_checkpoint(ckpt_path, state, raw_unet, optimizer.optimizer, scheduler, scaler, fp)
+        if gen_cuda and state.step == 1:
+            torch.cuda.reset_peak_memory_stats()
+    bar.close()
+    seconds = time.perf_counter() - t_start
+    accelerator.wait_for_everyone()
+
+    report: dict = {}
+    if main_proc:
+        if state.history[-1]["step"] != state.step:
+            validate(state.step)
+        last = lora_state(raw_unet)
+        save_lora(raw_unet, cfg, out.lora_dir, state.best_lora or last)
+        save_lora(raw_unet, cfg, out.lora_dir / "last", last)
+        from safetensors.torch import save_file
+
+        kohya, meta = kohya_state(out.lora_dir / "pytorch_lora_weights.safetensors")
+        with atomic_path(out.lora_dir / KOHYA_WEIGHTS) as tmp:
+            save_file(kohya, str(tmp), metadata=meta)
+        base_val = state.history[0] if state.history[0]["step"] == 0 else None
+        best = min(state.history, key=lambda h: h["mse"])
+        steps_run = state.step - steps_at_start
+        report = {
+            "steps": state.step, "stop_reason": stop_reason, "best_step": best["step"],
+            "best_val": {k: best[k] for k in ("mse", "mae", "loss_std")},
+            "last_val": {k: state.history[-1][k] for k in ("mse", "mae", "loss_std")},
+            "base_val": {k: base_val[k] for k in ("mse", "mae", "loss_std")} if base_val else None,
+            "trainable_params": n_trainable, "unet_params": n_total, "lora_modules": len({
+                k.rsplit(".lora_", 1)[0] for k in last}),
+            "truncated_captions": {"train": batches.truncated, "val": val_trunc},
+            "resumed_from_step": steps_at_start or None,
+            "seconds": round(seconds, 2), "steps_per_second": round(steps_run / seconds, 3) if seconds else None,
+            "peak_memory_mib": _peak_memory_mib(device), "system": info, "params": to_dict(p),
+            "val_history": state.history,
+        }
+        live.summary = {"best_val_mse": best["mse"], "best_step": best["step"], "steps": state.step}
+        live.end()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return report
+
+
+def _peak_memory_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+
+
+def _truncate_live(live_dir: Path, step: int) -> None:
+    """Drop dvclive rows logged after the checkpoint, so a resumed run has no duplicate steps."""
+    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
+        lines = tsv.read_text().splitlines()
+        if not lines:
+            continue
+        col = lines[0].split("\t").index("step")
+        keep = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[col]) <= step]
+        tsv.write_text("\n".join(keep) + "\n")
+
+
+def _log_sample(live, base, unet, params: Params, step: int) -> None:
+    """A fixed prompt and seed through the current adapter, logged as a step-numbered image."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    g = params.generate
+    pipe = StableDiffusionPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                                   unet=unet, scheduler=DDIMScheduler.from_config(base.noise_scheduler.config),
+                                   safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    was_training = unet.training
+    unet.eval()
+    gen = torch.Generator().manual_seed(g.seed)
+    image = pipe(g.prompts[0], negative_prompt=g.negative_prompt, num_inference_steps=min(g.steps),
+                 guidance_scale=g.guidance_scale, height=g.height, width=g.width, generator=gen).images[0]
+    unet.train(was_training)
+    live.log_image(f"samples/step_{step:06d}.png", image)

@@ -1,0 +1,157 @@
+"""Small shared helpers: logging, seeding, device choice, atomic file writes, stage entry."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+log = logging.getLogger("fashion_lora")
+
+
+class UserError(RuntimeError):
+    """A problem the user can fix (bad input, missing file, wrong setting): one clear line."""
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    # Libraries we drive are chatty at INFO; keep their warnings.
+    for name in ("diffusers", "transformers", "accelerate", "peft", "PIL", "urllib3", "filelock"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with contextlib.suppress(ImportError):
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()  # per-file "Loading weights" bars
+    with contextlib.suppress(ImportError):
+        import diffusers
+
+        diffusers.logging.set_verbosity_error()
+        diffusers.utils.logging.disable_progress_bar()
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's main(): user-fixable errors become one log line and exit code 2."""
+    from .params import ParamError
+
+    setup_logging()
+    try:
+        main()
+    except (ParamError, UserError) as e:
+        log.error("%s", e)
+        sys.exit(2)
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices). Explicit generators are used where it matters."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str, key: str) -> "torch.device":  # noqa: F821
+    """Map a device param (`auto` | `cpu` | `cuda`) to a torch.device; `key` names the param."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"{key} is 'cuda' but no CUDA GPU is available to torch "
+                            f"(torch {torch.__version__}); set {key}: cpu or auto")
+        return torch.device("cuda")
+    raise UserError(f"{key} must be auto, cpu or cuda, got {name!r}")
+
+
+# ----------------------------------------------------------------------------- atomic writes
+def _tmp_beside(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes 0600; outputs are ordinary readable files
+    return Path(tmp)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temp file beside `path`, fsync, then rename: readers see old or new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_beside(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path beside `path` for a writer that wants a file name (torch.save, zip)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_beside(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh temp dir beside `path`; on success it replaces `path` whole.
+
+    A crash leaves the old `path` (or none) plus a `.tmp` dir that the next run removes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    old = path.with_name(f".{path.name}.old")
+    for stale in (tmp, old):
+        if stale.exists():
+            shutil.rmtree(stale)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old.exists():
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,23 @@
+"""base_model stage: write the base model named by `model.base` to models/base/ (diffusers folder)."""
+
+import logging
+from pathlib import Path
+
+from fashion_lora.base import provision_base
+from fashion_lora.params import load_params
+from fashion_lora.utils import atomic_dir, run_stage, write_json
+
+log = logging.getLogger("stages.base_model")
+OUT = Path("models/base")
+
+
+def main() -> None:
+    params = load_params()
+    with atomic_dir(OUT) as tmp:
+        info = provision_base(params.model.base, params.seed, tmp)
+    write_json("reports/base_model.json", info)
+    log.info("models/base ready: %s", info)
+
+
+if __name__ == "__main__":
+    run_stage(main)

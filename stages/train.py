@@ -1,0 +1,30 @@
+"""train stage: data/latents + models/base -> models/lora/ (+ dvclive reports/train, reports/train_report.json).
+
+Multi-process: `accelerate launch --multi_gpu -m stages.train` (GPUs) or
+`torchrun --nproc_per_node 2 -m stages.train` (CPU, gloo).
+"""
+
+import logging
+from pathlib import Path
+
+from fashion_lora.params import load_params
+from fashion_lora.training import Outputs, train
+from fashion_lora.utils import run_stage, write_json
+
+log = logging.getLogger("stages.train")
+
+
+def main() -> None:
+    params = load_params()
+    out = Outputs(lora_dir=Path("models/lora"), live_dir=Path("reports/train"),
+                  report=Path("reports/train_report.json"), checkpoint_dir=Path("models/checkpoints"))
+    report = train(params, Path("models/base"), Path("data/latents"), out)
+    if report:  # main process only
+        write_json(out.report, report)
+        log.info("done: %d steps (%s), best val MSE %.5f at step %d (base %.5f), %.2f steps/s",
+                 report["steps"], report["stop_reason"], report["best_val"]["mse"], report["best_step"],
+                 report["base_val"]["mse"] if report["base_val"] else float("nan"), report["steps_per_second"])
+
+
+if __name__ == "__main__":
+    run_stage(main)
