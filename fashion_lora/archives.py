@@ -30,7 +30,8 @@ def check_member(archive: Path, info: zipfile.ZipInfo, max_ratio: float) -> None
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
         raise _refuse(archive, name, "symbolic link")
-    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+    ftype = stat.S_IFMT(mode)  # 0 when the archiver stored permission bits only
+    if ftype and ftype not in (stat.S_IFREG, stat.S_IFDIR):
         raise _refuse(archive, name, "not a regular file or folder")
     if info.file_size >= RATIO_MIN_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
         raise _refuse(archive, name, f"compression ratio {info.file_size / max(info.compress_size, 1):.0f} "

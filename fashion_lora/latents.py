@@ -22,7 +22,7 @@ import torch
 
 from .images import enhance, load_rgb, quality_reason, resize_crop
 from .params import PrecomputeParams
-from .utils import UserError, atomic_path
+from .utils import UserError, atomic_torch_save
 
 log = logging.getLogger(__name__)
 INDEX = "index.json"
@@ -93,8 +93,7 @@ class ShardWriter:
         name = f"shard_{len(self.shards):05d}.pt"
         data = {"latents": torch.stack(self.buf).to(self.dtype).contiguous(),
                 "items": torch.tensor(self.ids, dtype=torch.int64)}
-        with atomic_path(self.out_dir / name) as tmp:
-            torch.save(data, tmp)
+        atomic_torch_save(data, self.out_dir / name)
         self.shards.append({"file": name, "count": len(self.buf)})
         self.buf, self.ids = [], []
 

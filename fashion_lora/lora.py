@@ -64,9 +64,12 @@ def save_lora(unet, cfg, out_dir: Path, state: Optional[dict] = None) -> Path:
     from diffusers import StableDiffusionPipeline
 
     out_dir.mkdir(parents=True, exist_ok=True)
+    # peft keeps target_modules as a set: sort it, or the metadata (and the file hash) would
+    # change with Python's string hash seed.
+    meta = {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.to_dict().items()}
     StableDiffusionPipeline.save_lora_weights(
         out_dir, unet_lora_layers=state if state is not None else lora_state(unet),
-        unet_lora_adapter_metadata=cfg.to_dict(), safe_serialization=True)
+        unet_lora_adapter_metadata=meta, safe_serialization=True)
     return out_dir / LORA_WEIGHTS
 
 

@@ -25,7 +25,7 @@ from .base import load_base
 from .latents import load_latents
 from .lora import attach_lora, keep_lora_fp32, lora_state
 from .params import Params, TrainParams, to_dict
-from .utils import UserError, atomic_path, resolve_device
+from .utils import UserError, atomic_dir, atomic_torch_save, resolve_device
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -185,8 +185,7 @@ def _save_checkpoint(path: Path, state: RunState, unet, optimizer, scheduler, sc
         "early": {"best": state.early.best, "best_step": state.early.best_step, "bad": state.early.bad},
         "history": json.dumps(state.history),
     }
-    with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+    atomic_torch_save(ckpt, path)
 
 
 def _load_checkpoint(path: Path, fp: str) -> Optional[dict]:
@@ -239,6 +238,7 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
     weight_dtype = WEIGHT_DTYPES[mp]
     base = load_base(base_dir, device, weight_dtype, with_vae=p.samples_every > 0)
     unet = base.unet
+    torch.manual_seed(params.seed)  # LoRA A matrices are drawn from the global RNG
     cfg = attach_lora(unet, p.lora)
     keep_lora_fp32(unet)
     if p.gradient_checkpointing:
@@ -393,14 +393,14 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
     if main_proc:
         if state.history[-1]["step"] != state.step:
             validate(state.step)
-        last = lora_state(raw_unet)
-        save_lora(raw_unet, cfg, out.lora_dir, state.best_lora or last)
-        save_lora(raw_unet, cfg, out.lora_dir / "last", last)
         from safetensors.torch import save_file
 
-        kohya, meta = kohya_state(out.lora_dir / "pytorch_lora_weights.safetensors")
-        with atomic_path(out.lora_dir / KOHYA_WEIGHTS) as tmp:
-            save_file(kohya, str(tmp), metadata=meta)
+        last = lora_state(raw_unet)
+        with atomic_dir(out.lora_dir) as tmp:  # the old adapter stays until the new one is complete
+            best_file = save_lora(raw_unet, cfg, tmp, state.best_lora or last)
+            save_lora(raw_unet, cfg, tmp / "last", last)
+            kohya, meta = kohya_state(best_file)
+            save_file(kohya, str(tmp / KOHYA_WEIGHTS), metadata=meta)
         base_val = state.history[0] if state.history[0]["step"] == 0 else None
         best = min(state.history, key=lambda h: h["mse"])
         steps_run = state.step - steps_at_start

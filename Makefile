@@ -1,0 +1,26 @@
+# Two entry points (see README): `make demo` runs the whole pipeline, `make test` the tests.
+# Both create .venv and install the pinned requirements first (once, or when they change).
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup demo test test-fast bench clean-outputs
+
+$(VENV)/.installed: requirements.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	# openai-clip only provides the CLIP BPE vocabulary file; its torch/torchvision pins are not wanted.
+	$(PY) -m pip install -q --no-deps openai-clip==1.0.1
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	dvc repro
+
+test: setup
+	pytest
+
+test-fast: setup
+	pytest -m "not slow"

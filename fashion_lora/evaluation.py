@@ -1,0 +1,115 @@
+"""Base vs LoRA evaluation: fixed-plan val losses (overall and per timestep band) and
+generation-side metrics (colour-attribute accuracy, diversity, optional CLIP score)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import diffusion
+from .pipeline import generate_image, lora_enabled
+from .synthetic import COLORS
+from .utils import UserError
+
+log = logging.getLogger(__name__)
+
+# Prompt for the attribute metric: the upper garment's colour is the attribute under test.
+ATTRIBUTE_PROMPT = ("The lady wears a short-sleeve {color} shirt with solid color patterns. "
+                    "She wears long grey trousers with solid color patterns.")
+# Torso region of a square centre crop of the synthetic portraits (fractions of width/height).
+TORSO = (0.38, 0.16, 0.62, 0.45)
+ATTRIBUTE_SEEDS = 4
+
+
+def val_losses(pipe, latents: torch.Tensor, captions: list[str], repeats: int, bands: int, batch_size: int,
+               seed: int) -> tuple[dict, list[dict]]:
+    """Base and LoRA on the same val latents, noise and timesteps. Returns metrics and band rows."""
+    from diffusers import DDPMScheduler
+
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    T = scheduler.config.num_train_timesteps
+    ids, _ = diffusion.tokenize(pipe.tokenizer, captions)
+    ehs = diffusion.encode_text(pipe.text_encoder, ids).float().cpu()
+    plan = diffusion.fixed_eval(len(latents), tuple(latents.shape[1:]), repeats, T, seed)
+    results = {}
+    for name, enabled in (("base", False), ("lora", True)):
+        with lora_enabled(pipe, enabled):
+            mse, mae = diffusion.eval_losses(pipe.unet, scheduler, latents, ehs, plan, batch_size)
+        results[name] = (mse, mae)
+    metrics = {name: diffusion.summarize(*results[name]) for name in results}
+    base, lora = metrics["base"], metrics["lora"]
+    metrics["improvement"] = {k: (base[k] - lora[k]) / base[k] if base[k] else 0.0 for k in ("mse", "mae")}
+    metrics["evaluations"] = len(plan.item)
+    band_rows = []
+    base_b = diffusion.band_means(results["base"][0], plan.timesteps, bands, T)
+    lora_b = diffusion.band_means(results["lora"][0], plan.timesteps, bands, T)
+    for b in range(bands):
+        lo, hi = b * T // bands, (b + 1) * T // bands
+        band_rows.append({"timestep": (lo + hi) // 2, "band": f"{lo}-{hi - 1}",
+                          "base_mse": base_b[b], "lora_mse": lora_b[b]})
+    return metrics, band_rows
+
+
+def dominant_color(img: Image.Image, box: tuple[float, float, float, float] = TORSO) -> str:
+    """Name of the palette colour nearest to the median colour of the garment region."""
+    w, h = img.size
+    region = np.asarray(img.convert("RGB").crop((int(box[0] * w), int(box[1] * h), int(box[2] * w),
+                                                 int(box[3] * h))), dtype=np.float32)
+    median = np.median(region.reshape(-1, 3), axis=0)
+    names = list(COLORS)
+    dists = [float(np.sum((median - np.array(COLORS[n], dtype=np.float32)) ** 2)) for n in names]
+    return names[int(np.argmin(dists))]
+
+
+def diversity(images: list[Image.Image]) -> float:
+    """Mean pairwise RMS pixel distance (0..1) between images of one prompt: 0 = all identical."""
+    arrs = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255 for im in images]
+    pairs = list(itertools.combinations(arrs, 2))
+    return float(np.mean([np.sqrt(np.mean((a - b) ** 2)) for a, b in pairs])) if pairs else 0.0
+
+
+def attribute_metrics(pipe, n_colors: int, steps: int, guidance: float, negative: str, height: int,
+                      width: int, seed: int) -> tuple[dict, dict[str, list[Image.Image]]]:
+    """Colour-following accuracy and diversity, base vs LoRA, on the same prompts and seeds."""
+    colors = list(COLORS)[:n_colors]
+    out: dict = {"chance": 1 / len(COLORS), "images_per_model": len(colors) * ATTRIBUTE_SEEDS}
+    images: dict[str, list[Image.Image]] = {}
+    for name, enabled in (("base", False), ("lora", True)):
+        correct, divs, imgs = 0, [], []
+        with lora_enabled(pipe, enabled):
+            for color in colors:
+                per_prompt = [generate_image(pipe, ATTRIBUTE_PROMPT.format(color=color), negative, steps,
+                                             guidance, seed + s, height, width) for s in range(ATTRIBUTE_SEEDS)]
+                correct += sum(dominant_color(im) == color for im in per_prompt)
+                divs.append(diversity(per_prompt))
+                imgs.extend(per_prompt)
+        out[f"{name}_accuracy"] = correct / (len(colors) * ATTRIBUTE_SEEDS)
+        out[f"{name}_diversity"] = float(np.mean(divs))
+        images[name] = imgs
+    return out, images
+
+
+def clip_score(clip_dir: Optional[str], images: list[Image.Image], prompts: list[str]) -> Optional[float]:
+    """Mean 100 * cosine(image, text) with a local CLIP model; None when no model is configured."""
+    if not clip_dir:
+        return None
+    path = Path(clip_dir)
+    if not (path / "config.json").is_file():
+        raise UserError(f"evaluate.clip_model: {path} is not a local CLIP model folder (no config.json); "
+                        "download e.g. openai/clip-vit-large-patch14 elsewhere, copy it here, or set it to null")
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
+    proc = CLIPProcessor.from_pretrained(path, local_files_only=True)
+    with torch.no_grad():
+        inputs = proc(text=prompts, images=images, return_tensors="pt", padding=True, truncation=True)
+        out = model(**inputs)
+        img = torch.nn.functional.normalize(out.image_embeds, dim=-1)
+        txt = torch.nn.functional.normalize(out.text_embeds, dim=-1)
+    return float(100 * (img * txt).sum(-1).mean())

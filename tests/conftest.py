@@ -1,0 +1,117 @@
+"""Shared fixtures: a tiny base model built once, temp repo copies, and a dvc runner."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fashion_lora.params import Params, load_params, parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small but complete settings for end-to-end runs of the real pipeline in a temp copy.
+SMALL = {
+    "data.synthetic.count": 80,
+    "train.max_steps": 20,
+    "train.val_every": 10,
+    "train.checkpoint_every": 10,
+    "evaluate.repeats": 2,
+    "evaluate.attribute_prompts": 2,
+    "evaluate.attribute_steps": 2,
+    "generate.steps": [2, 3],
+    "generate.prompts": ["The lady wears a red dress.", "The gentleman wears a blue shirt."],
+}
+
+
+def set_key(raw: dict, dotted: str, value) -> None:
+    *path, last = dotted.split(".")
+    node = raw
+    for k in path:
+        node = node[k]
+    node[last] = value
+
+
+def raw_params(**overrides) -> dict:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for k, v in overrides.items():
+        set_key(raw, k, v)
+    return raw
+
+
+def small_params(extra: dict | None = None) -> Params:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    for k, v in {**SMALL, **(extra or {})}.items():
+        set_key(raw, k, v)
+    return parse_params(raw)
+
+
+@pytest.fixture(scope="session")
+def params() -> Params:
+    return load_params(REPO / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    from fashion_lora.base import provision_base
+
+    out = tmp_path_factory.mktemp("tiny") / "base"
+    provision_base("tiny", 42, out)
+    return out
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    # Stage commands run `python`: make it this interpreter (the project's venv).
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["DVC_NO_ANALYTICS"] = "1"
+    env.setdefault("GIT_AUTHOR_NAME", "test")
+    env.setdefault("GIT_AUTHOR_EMAIL", "test@example.com")
+    env.setdefault("GIT_COMMITTER_NAME", "test")
+    env.setdefault("GIT_COMMITTER_EMAIL", "test@example.com")
+    return env
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "dvc", *args], repo, check=check)
+
+
+def git(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return run(["git", *args], repo)
+
+
+def make_repo(dest: Path, overrides: dict | None = None) -> Path:
+    """Copy the project's source files (tracked + new, not ignored) into a fresh git repo."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.splitlines()
+    for f in files:
+        src = REPO / f
+        if src.is_file() and not f.startswith("tests/"):
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    (dest / "dvc.lock").unlink(missing_ok=True)
+    if overrides:
+        write_params(dest, overrides)
+    git(dest, "init", "-q")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-qm", "init")
+    return dest
+
+
+def write_params(repo: Path, overrides: dict) -> None:
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    for k, v in overrides.items():
+        set_key(raw, k, v)
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))

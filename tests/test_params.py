@@ -1,0 +1,84 @@
+import pytest
+import yaml
+
+from fashion_lora.params import ParamError, load_params, parse_params
+from tests.conftest import REPO, raw_params
+
+
+def test_default_params_load(params):
+    assert params.data.source == "synthetic"
+    assert params.model.base == "tiny"
+    assert params.filter.min_resolution == 256
+    assert params.train.lora.rank == 12 and params.train.lora.alpha == 24
+    assert params.train.lora.target_modules == ["to_k", "to_q", "to_v", "to_out.0", "proj_in", "proj_out",
+                                                "conv1", "conv2"]
+    assert params.data.deepfashion.images_id == "1U2PljA7NE57jcSSzPs21ZurdIPXdYZtN"
+    assert params.generate.steps == [20, 30, 50] and params.generate.guidance_scale == 12.0
+
+
+@pytest.mark.parametrize("key,value,fragment", [
+    ("filter.val_fraction", 1.5, "filter.val_fraction"),
+    ("filter.val_fraction", 0, "filter.val_fraction"),
+    ("data.synthetic.count", -3, "data.synthetic.count"),
+    ("data.source", "ftp", "data.source"),
+    ("train.lora.rank", "twelve", "train.lora.rank"),
+    ("train.lora.rank", 0, "train.lora.rank"),
+    ("train.device", "tpu", "train.device"),
+    ("train.betas", [0.9], "train.betas"),
+    ("precompute.resolution", 100, "precompute.resolution"),
+    ("generate.steps", [], "generate.steps"),
+    ("train.lora.target_modules", "to_q", "train.lora.target_modules"),
+    ("filter.export_zip", "yes", "filter.export_zip"),
+    ("seed", 1.5, "seed"),
+])
+def test_bad_values_name_the_key(key, value, fragment):
+    with pytest.raises(ParamError) as e:
+        parse_params(raw_params(**{key: value}))
+    assert fragment in str(e.value)
+
+
+def test_unknown_key_is_an_error():
+    raw = raw_params()
+    raw["train"]["lora"]["rnak"] = 4
+    with pytest.raises(ParamError, match=r"train\.lora\.rnak.*not a known parameter"):
+        parse_params(raw)
+
+
+def test_missing_key_is_an_error():
+    raw = raw_params()
+    del raw["filter"]["sample_size"]
+    with pytest.raises(ParamError, match=r"filter\.sample_size' is missing"):
+        parse_params(raw)
+
+
+def test_local_source_needs_paths():
+    with pytest.raises(ParamError, match="data.local.images"):
+        parse_params(raw_params(**{"data.source": "local"}))
+
+
+def test_bad_yaml_file(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("seed: [1,\n")
+    with pytest.raises(ParamError, match="not valid YAML"):
+        load_params(f)
+
+
+def test_ints_widen_to_float():
+    p = parse_params(raw_params(**{"train.lora.alpha": 8}))
+    assert isinstance(p.train.lora.alpha, float)
+
+
+def test_stage_exits_with_one_line_error(tmp_path):
+    """A bad param stops a stage with exit code 2 and a message naming the key, no traceback."""
+    import subprocess
+    import sys
+    import shutil
+
+    shutil.copytree(REPO / "stages", tmp_path / "stages")
+    shutil.copytree(REPO / "fashion_lora", tmp_path / "fashion_lora")
+    raw = raw_params(**{"filter.val_fraction": 2.0})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    proc = subprocess.run([sys.executable, "-m", "stages.filter"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "filter.val_fraction" in proc.stderr
+    assert "Traceback" not in proc.stderr
