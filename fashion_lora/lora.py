@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 from .params import LoraParams
-from .utils import UserError
+from .utils import UserError, canonicalize_safetensors
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,7 @@ def save_lora(unet, cfg, out_dir: Path, state: Optional[dict] = None) -> Path:
     StableDiffusionPipeline.save_lora_weights(
         out_dir, unet_lora_layers=state if state is not None else lora_state(unet),
         unet_lora_adapter_metadata=meta, safe_serialization=True)
+    canonicalize_safetensors(out_dir / LORA_WEIGHTS)
     return out_dir / LORA_WEIGHTS
 
 

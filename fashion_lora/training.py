@@ -25,7 +25,7 @@ from .base import load_base
 from .latents import load_latents
 from .lora import attach_lora, keep_lora_fp32, lora_state
 from .params import Params, TrainParams, to_dict
-from .utils import UserError, atomic_dir, atomic_torch_save, resolve_device
+from .utils import UserError, atomic_dir, atomic_torch_save, canonicalize_safetensors, resolve_device
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -178,7 +178,7 @@ def _save_checkpoint(path: Path, state: RunState, unet, optimizer, scheduler, sc
     ckpt = {
         "fingerprint": fp, "step": state.step, "lora": lora_state(unet),
         "best_lora": state.best_lora or {}, "optimizer": optimizer.state_dict(),
-        "lr_scheduler": {k: v for k, v in scheduler.state_dict().items() if k != "lr_lambdas"},
+        "lr_scheduler": scheduler.state_dict(),  # lambdas are stored as None: code is never pickled
         "scaler": scaler.state_dict() if scaler is not None else {},
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -401,8 +401,10 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
             save_lora(raw_unet, cfg, tmp / "last", last)
             kohya, meta = kohya_state(best_file)
             save_file(kohya, str(tmp / KOHYA_WEIGHTS), metadata=meta)
+            canonicalize_safetensors(tmp / KOHYA_WEIGHTS)
         base_val = state.history[0] if state.history[0]["step"] == 0 else None
-        best = min(state.history, key=lambda h: h["mse"])
+        # The saved adapter is the early-stopping best (an improvement must beat min_delta).
+        best = next(h for h in state.history if h["step"] == state.early.best_step)
         steps_run = state.step - steps_at_start
         report = {
             "steps": state.step, "stop_reason": stop_reason, "best_step": best["step"],

@@ -116,6 +116,23 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def canonicalize_safetensors(path: str | Path) -> None:
+    """Rewrite a .safetensors header with sorted keys.
+
+    The Rust writer stores `__metadata__` from a hash map, so two saves of equal tensors can
+    differ in header order; sorting makes equal adapters byte-identical. Tensor offsets are
+    relative to the data section, so only the header is rewritten.
+    """
+    import struct
+
+    raw = Path(path).read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    atomic_write_bytes(path, struct.pack("<Q", len(text)) + text + raw[8 + n:])
+
+
 def write_json(path: str | Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n")
 

@@ -1,0 +1,157 @@
+import hashlib
+import pickle
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fashion_lora.base import build_clip_tokenizer, load_base, provision_base
+from fashion_lora.images import blur, quality_reason, resize_crop
+from fashion_lora.latents import LatentsError, ShardWriter, encode, load_latents, load_shard, prepare, to_vae_input
+from fashion_lora.utils import UserError
+from tests.conftest import small_params
+
+
+def test_tokenizer_matches_reference_ids(tmp_path):
+    tok = build_clip_tokenizer(tmp_path)
+    assert tok("a photo of a red dress").input_ids == [49406, 320, 1125, 539, 320, 736, 2595, 49407]
+    assert tok.model_max_length == 77
+
+
+def _tree_hash(folder: Path) -> dict:
+    return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+def test_tiny_builds_identically_and_round_trips(tmp_path, tiny_base):
+    provision_base("tiny", 42, tmp_path / "again")
+    assert _tree_hash(tmp_path / "again") == _tree_hash(tiny_base)
+    base = load_base(tiny_base, torch.device("cpu"))
+    names = {n for n, _ in base.unet.named_modules()}
+    for target in ("to_k", "to_q", "to_v", "to_out.0", "proj_in", "proj_out", "conv1", "conv2"):
+        assert any(n.endswith("." + target) for n in names), target
+    assert not any(p.requires_grad for p in base.unet.parameters())
+    # the pipeline that later stages load reads the same weights back
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_base, safety_checker=None, requires_safety_checker=False)
+    for (n, a), (_, b) in zip(base.unet.state_dict().items(), pipe.unet.state_dict().items()):
+        assert torch.equal(a, b), n
+
+
+def test_vae_latent_shape(tiny_base):
+    base = load_base(tiny_base, torch.device("cpu"))
+    lat = encode(base.vae, torch.zeros(2, 3, 64, 64))
+    assert lat.shape == (2, 4, 8, 8)
+
+
+def test_bad_base_values(tmp_path):
+    with pytest.raises(UserError, match="model.base"):
+        provision_base(str(tmp_path / "missing-folder"), 0, tmp_path / "out")
+    (tmp_path / "notdiffusers").mkdir()
+    with pytest.raises(UserError, match="model_index.json"):
+        provision_base(str(tmp_path / "notdiffusers"), 0, tmp_path / "out")
+
+
+def test_hub_offline_names_the_param(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="model.base.*local"):
+        provision_base("someone/not-cached-model", 0, tmp_path / "out")
+
+
+def test_aspect_preserving_crop_keeps_proportions():
+    img = Image.new("RGB", (750, 1101))
+    arr = np.zeros((1101, 750, 3), np.uint8)
+    arr[:, 370:380] = 255  # a vertical bar in the middle
+    img = Image.fromarray(arr)
+    square, box = resize_crop(img, 512, "center")
+    assert square.size == (512, 512)
+    left, top, right, bottom = box
+    assert right - left == 750 and abs((bottom - top) - 750) <= 1  # a square of the original: no squashing
+    col = np.asarray(square)[256].mean(axis=-1)
+    assert abs(int(np.argmax(col)) - 256) <= 4  # the bar stays centred and thin
+    _, box_top = resize_crop(img, 512, "top")
+    assert box_top[1] == 0
+
+
+def test_quality_checks_drop_with_reasons():
+    rng = np.random.default_rng(0)
+    sharp = Image.fromarray(rng.integers(0, 255, (440, 300, 3), dtype=np.uint8))
+    assert quality_reason(sharp, 256, 5.0, 0.4, 1.5) is None
+    assert quality_reason(blur(Image.new("RGB", (300, 440), "red")), 256, 5.0, 0.4, 1.5) == "blurry"
+    assert quality_reason(sharp.resize((300, 1000)), 256, 5.0, 0.4, 1.5) == "bad_aspect"
+    assert quality_reason(sharp.resize((200, 300)), 256, 5.0, 0.4, 1.5) == "too_small"
+
+
+def test_prepare_drops_blurry_and_crops(tmp_path):
+    p = small_params().precompute
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (440, 300, 3), dtype=np.uint8)).save(tmp_path / "ok.png")
+    blur(Image.new("RGB", (300, 440), "red")).save(tmp_path / "blurry.png")
+    ok = prepare(0, str(tmp_path / "ok.png"), p)
+    assert ok.reason is None and ok.pixels.shape == (64, 64, 3) and ok.orig_size == (300, 440)
+    assert prepare(1, str(tmp_path / "blurry.png"), p).reason == "blurry"
+
+
+def _write_shards(out: Path, n=10, shard_size=4):
+    w = ShardWriter(out, shard_size, torch.float16)
+    lat = torch.randn(n, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    for i in range(n):
+        w.add(lat[i], {"image_name": f"{i}.jpg", "caption": f"c{i}", "split": "val" if i % 3 == 0 else "train",
+                       "crop": [0, 0, 1, 1], "orig_size": [1, 1]})
+    w.close({"resolution": 64})
+    return lat
+
+
+def test_shards_round_trip_and_match_index(tmp_path):
+    lat = _write_shards(tmp_path)
+    assert len(list(tmp_path.glob("shard_*.pt"))) == 3
+    all_lat, items = load_latents(tmp_path)
+    assert torch.allclose(all_lat, lat.half().float())
+    val, val_items = load_latents(tmp_path, "val")
+    assert [it["image_name"] for it in val_items] == ["0.jpg", "3.jpg", "6.jpg", "9.jpg"]
+    assert torch.equal(val, all_lat[[0, 3, 6, 9]])
+
+
+def test_shards_are_byte_identical_across_runs(tmp_path):
+    _write_shards(tmp_path / "a")
+    _write_shards(tmp_path / "b")
+    assert _tree_hash(tmp_path / "a") == _tree_hash(tmp_path / "b")
+
+
+def test_corrupt_or_mismatched_shard_is_an_error(tmp_path):
+    _write_shards(tmp_path)
+    (tmp_path / "shard_00001.pt").write_bytes(b"garbage")
+    with pytest.raises(LatentsError, match="shard_00001.pt"):
+        load_latents(tmp_path)
+    _write_shards(tmp_path)
+    torch.save({"latents": torch.zeros(1, 4, 8, 8), "items": torch.tensor([5])}, tmp_path / "shard_00000.pt")
+    with pytest.raises(LatentsError, match="does not match"):
+        load_latents(tmp_path)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_pickle_bearing_shard_is_refused(tmp_path):
+    with open(tmp_path / "shard_00000.pt", "wb") as f:
+        pickle.dump({"latents": Evil(), "items": Evil()}, f)
+    with pytest.raises(LatentsError, match="weights_only"):
+        load_shard(tmp_path / "shard_00000.pt")
+
+
+def test_fp16_latents_reconstruct_like_fp32(tiny_base):
+    """Storing latents in fp16 changes the decoded image by far less than one 8-bit level."""
+    base = load_base(tiny_base, torch.device("cpu"))
+    x = to_vae_input([np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8)])
+    lat = encode(base.vae, x)
+    s = base.vae.config.scaling_factor
+    with torch.no_grad():
+        d32 = base.vae.decode(lat / s).sample
+        d16 = base.vae.decode(lat.half().float() / s).sample
+    assert (d32 - d16).abs().max().item() * 127.5 < 1.0

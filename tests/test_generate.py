@@ -1,0 +1,102 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fashion_lora.evaluation import diversity, dominant_color, val_losses
+from fashion_lora.lora import load_pipeline
+from fashion_lora.pipeline import generate_image, grid, lora_enabled
+from fashion_lora.synthetic import COLORS
+from fashion_lora.training import train
+from tests.conftest import REPO
+from tests.test_train import _outputs, _params, latent_dir  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_base, latent_dir):  # noqa: F811
+    root = tmp_path_factory.mktemp("trained")
+    train(_params(max_steps=10, val_every=5), tiny_base, latent_dir, _outputs(root))
+    return root / "lora"
+
+
+def test_generation_is_deterministic_and_lora_changes_it(tiny_base, trained):
+    pipe = load_pipeline(tiny_base, trained, torch.device("cpu"))
+    args = ("The lady wears a red dress.", "blurry", 3, 12.0, 7, 64, 64)
+    a, b = generate_image(pipe, *args), generate_image(pipe, *args)
+    assert a.tobytes() == b.tobytes()
+    with lora_enabled(pipe, False):
+        base = generate_image(pipe, *args)
+    assert base.tobytes() != a.tobytes()
+    assert generate_image(pipe, *args).tobytes() == a.tobytes()  # LoRA back on after the block
+
+
+def test_base_and_lora_losses_use_identical_inputs(tiny_base, trained, latent_dir):  # noqa: F811
+    from fashion_lora.latents import load_latents
+
+    pipe = load_pipeline(tiny_base, trained, torch.device("cpu"))
+    lat, items = load_latents(latent_dir, "val")
+    caps = [it["caption"] for it in items]
+    m1, bands = val_losses(pipe, lat, caps, repeats=2, bands=5, batch_size=8, seed=0)
+    m2, _ = val_losses(pipe, lat, caps, repeats=2, bands=5, batch_size=8, seed=0)
+    assert m1 == m2
+    assert set(m1) == {"base", "lora", "improvement", "evaluations"}
+    assert set(m1["base"]) == {"mse", "mae", "loss_std"} and m1["base"] != m1["lora"]
+    assert len(bands) == 5 and all({"timestep", "base_mse", "lora_mse"} <= set(b) for b in bands)
+    # the "base" numbers are those of the adapter-free model on the same plan
+    base_only = load_pipeline(tiny_base, None, torch.device("cpu"))
+    base_only.enable_lora = base_only.disable_lora = lambda: None
+    m3, _ = val_losses(base_only, lat, caps, repeats=2, bands=5, batch_size=8, seed=0)
+    assert m3["base"] == pytest.approx(m1["base"], rel=1e-5)
+
+
+def test_dominant_color_metric():
+    for name, rgb in list(COLORS.items())[:5]:
+        assert dominant_color(Image.new("RGB", (64, 64), rgb)) == name
+    assert dominant_color(Image.new("RGB", (64, 64), (128, 128, 128))) == "grey"
+    assert dominant_color(Image.new("RGB", (64, 64), (128, 128, 128))) != "red"
+
+
+def test_diversity():
+    same = [Image.new("RGB", (8, 8), "red")] * 3
+    assert diversity(same) == 0.0
+    assert diversity([Image.new("RGB", (8, 8), "black"), Image.new("RGB", (8, 8), "white")]) == pytest.approx(1.0)
+
+
+def test_grid_layout():
+    img = Image.new("RGB", (64, 64), "red")
+    g = grid([("p1", [("a", img), ("b", img)]), ("p2", [("a", img), ("b", img)])], cell=100)
+    assert g.size == (220 + 2 * 100, 24 + 2 * 100)
+
+
+def test_cli_generates_an_image(tmp_path, tiny_base, trained):
+    out = tmp_path / "x.png"
+    proc = subprocess.run([sys.executable, "-m", "fashion_lora.generate", "a red dress", "--steps", "2",
+                           "--base", str(tiny_base), "--lora", str(trained), "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(out).size == (64, 64)
+    bad = subprocess.run([sys.executable, "-m", "fashion_lora.generate", "x", "--base", str(tiny_base),
+                          "--lora", str(tmp_path / "nope"), "--out", str(out)], cwd=REPO, capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and "pytorch_lora_weights.safetensors" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    helptext = subprocess.run([sys.executable, "-m", "fashion_lora.generate", "--help"], cwd=REPO,
+                              capture_output=True, text=True).stdout
+    assert "--steps" in helptext and "--lora" in helptext
+
+
+def test_fused_export_matches_adapter(tmp_path, tiny_base, trained):
+    from fashion_lora.export import export_fused
+
+    export_fused(tiny_base, trained, tmp_path / "fused")
+    fused = load_pipeline(tmp_path / "fused", None, torch.device("cpu"))
+    adapter = load_pipeline(tiny_base, trained, torch.device("cpu"))
+    x, t, ehs = torch.randn(1, 4, 8, 8), torch.tensor([300]), torch.randn(1, 77, 64)
+    with torch.no_grad():
+        assert (fused.unet(x, t, ehs).sample - adapter.unet(x, t, ehs).sample).abs().max() < 1e-4
+    assert not any("lora" in k for k in fused.unet.state_dict())

@@ -1,0 +1,268 @@
+import json
+import logging
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from fashion_lora import diffusion
+from fashion_lora.base import load_base
+from fashion_lora.latents import ShardWriter
+from fashion_lora.lora import LORA_WEIGHTS, attach_lora, keep_lora_fp32, lora_state, load_pipeline, save_lora
+from fashion_lora.training import EarlyStop, Outputs, lr_factor, train
+from fashion_lora.utils import UserError
+from tests.conftest import small_params
+
+CAPTIONS = ["The lady wears a short-sleeve red shirt with solid color patterns.",
+            "The gentleman wears a long-sleeve blue sweater with stripe patterns.",
+            "The lady wears a sleeveless green dress with dot patterns."]
+
+
+@pytest.fixture(scope="module")
+def latent_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("latents")
+    gen = torch.Generator().manual_seed(0)
+    w = ShardWriter(out, 16, torch.float16)
+    for i in range(40):
+        lat = torch.randn(4, 8, 8, generator=gen) * 0.8 + (i % 3) * 0.3
+        w.add(lat, {"image_name": f"{i}.jpg", "caption": CAPTIONS[i % 3], "split": "val" if i % 5 == 0 else "train",
+                    "crop": [0, 0, 1, 1], "orig_size": [1, 1]})
+    w.close({"resolution": 64})
+    return out
+
+
+def _params(**train_kw):
+    p = small_params()
+    lora = train_kw.pop("lora", None)
+    t = replace(p.train, **train_kw)
+    if lora:
+        t = replace(t, lora=replace(t.lora, **lora))
+    return replace(p, train=t)
+
+
+def _outputs(root: Path) -> Outputs:
+    return Outputs(root / "lora", root / "live", root / "report.json", root / "ckpt")
+
+
+def test_only_lora_params_change(tiny_base):
+    p = _params()
+    base = load_base(tiny_base, torch.device("cpu"))
+    unet = base.unet
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    attach_lora(unet, p.train.lora)
+    params = [q for q in unet.parameters() if q.requires_grad]
+    assert params and all("lora_" in n for n, q in unet.named_parameters() if q.requires_grad)
+    opt = torch.optim.AdamW(params, lr=1e-2)
+    lat = torch.randn(2, 4, 8, 8)
+    noise, t = torch.randn_like(lat), torch.tensor([10, 900])
+    ehs = torch.randn(2, 77, 64)
+    for _ in range(2):  # two steps: lora_B starts at 0, so lora_A only moves from the second
+        loss = diffusion.training_loss(unet, base.noise_scheduler, lat, noise, t, ehs, None)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    after = unet.state_dict()
+    changed = {k for k in after if "lora_" in k and not torch.equal(after[k], torch.zeros_like(after[k]))}
+    assert changed
+    for k, v in before.items():
+        key = k if k in after else k.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        assert torch.equal(after[key], v), f"base weight {k} changed"
+
+
+def test_loss_decreases_on_fixed_batch(tiny_base):
+    p = _params()
+    base = load_base(tiny_base, torch.device("cpu"))
+    attach_lora(base.unet, replace(p.train.lora, dropout=0.0))
+    params = [q for q in base.unet.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    lat, noise = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
+    t = torch.tensor([100, 300, 500, 700])
+    ehs = torch.randn(4, 77, 64, generator=g)
+    losses = []
+    for _ in range(50):
+        loss = diffusion.training_loss(base.unet, base.noise_scheduler, lat, noise, t, ehs, None)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_saved_adapter_reloads_exactly_with_alpha_not_rank(tmp_path, tiny_base):
+    p = _params(lora={"rank": 4, "alpha": 12.0, "dropout": 0.1})
+    base = load_base(tiny_base, torch.device("cpu"))
+    cfg = attach_lora(base.unet, p.train.lora)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, q in base.unet.named_parameters():
+            if q.requires_grad:
+                q.add_(0.05 * torch.randn(q.shape, generator=g))
+    base.unet.eval()
+    x, t, ehs = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([5, 600]), torch.randn(2, 77, 64, generator=g)
+    with torch.no_grad():
+        ref = base.unet(x, t, ehs).sample
+    save_lora(base.unet, cfg, tmp_path)
+    pipe = load_pipeline(tiny_base, tmp_path, torch.device("cpu"))
+    assert not pipe.unet.training
+    with torch.no_grad():
+        out = pipe.unet(x, t, ehs).sample
+    assert (out - ref).abs().max().item() < 1e-5
+    trained = {k.rsplit(".lora_", 1)[0] for k in lora_state(base.unet)}
+    loaded = {n for n, m in pipe.unet.named_modules() if hasattr(m, "lora_A") and "fashion" in m.lora_A}
+    assert trained == loaded and len(trained) == 92
+    scaling = {m.scaling["fashion"] for _, m in pipe.unet.named_modules() if hasattr(m, "scaling") and m.scaling}
+    assert scaling == {3.0}  # alpha / rank = 12 / 4, not 1
+
+
+def test_kohya_export_round_trips_through_diffusers(tmp_path, tiny_base, latent_dir):
+    p = _params(max_steps=6, val_every=3, lora={"rank": 4, "alpha": 8.0})
+    train(p, tiny_base, latent_dir, _outputs(tmp_path))
+    x, t, ehs = torch.randn(2, 4, 8, 8), torch.tensor([5, 600]), torch.randn(2, 77, 64)
+    native = load_pipeline(tiny_base, tmp_path / "lora", torch.device("cpu"))
+    kohya = load_pipeline(tiny_base, None, torch.device("cpu"))
+    kohya.load_lora_weights(str(tmp_path / "lora"), weight_name="fashion_lora_kohya.safetensors")
+    kohya.unet.eval()
+    with torch.no_grad():
+        a, b = native.unet(x, t, ehs).sample, kohya.unet(x, t, ehs).sample
+        plain = load_pipeline(tiny_base, None, torch.device("cpu")).unet(x, t, ehs).sample
+    assert (a - b).abs().max().item() < 1e-5
+    assert (a - plain).abs().max().item() > 1e-4  # the adapter does something
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "lora/fashion_lora_kohya.safetensors"), "pt") as f:
+        keys = list(f.keys())
+        alphas = {float(f.get_tensor(k)) for k in keys if k.endswith(".alpha")}
+    assert all(k.startswith("lora_unet_") for k in keys) and alphas == {8.0}
+
+
+def test_missing_or_corrupt_lora_is_a_clear_error(tmp_path, tiny_base):
+    with pytest.raises(UserError, match="pytorch_lora_weights.safetensors"):
+        load_pipeline(tiny_base, tmp_path, torch.device("cpu"))
+    (tmp_path / LORA_WEIGHTS).write_bytes(b"not safetensors")
+    with pytest.raises(UserError, match="not a readable safetensors"):
+        load_pipeline(tiny_base, tmp_path, torch.device("cpu"))
+
+
+def test_min_snr_weights_match_formula():
+    alphas = torch.tensor([0.5, 0.9, 0.01])
+    s = diffusion.snr(alphas, torch.tensor([0, 1, 2]))
+    assert torch.allclose(s, torch.tensor([1.0, 9.0, 0.01 / 0.99]))
+    w = diffusion.min_snr_weights(s, 5.0, "epsilon")
+    assert torch.allclose(w, torch.tensor([1.0, 5.0 / 9.0, 1.0]))
+    v = diffusion.min_snr_weights(s, 5.0, "v_prediction")
+    assert torch.allclose(v, torch.tensor([0.5, 0.5, (0.01 / 0.99) / (0.01 / 0.99 + 1)]))
+
+
+def test_lr_schedule_matches_torch_warm_restarts():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    ref = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(opt, T_0=10, T_mult=2, eta_min=0.1)
+    warm = 5
+    assert lr_factor(0, warm, 10, 2, 0.1) == pytest.approx(1 / 5)
+    for s in range(70):
+        assert lr_factor(warm + s, warm, 10, 2, 0.1) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-9), s
+        opt.step()
+        ref.step()
+
+
+def test_early_stopping_rule():
+    es = EarlyStop(patience=2, min_delta=0.1)
+    assert es.update(1.0, 0) and not es.stop
+    assert not es.update(0.95, 1)  # not better by more than min_delta
+    assert not es.stop
+    assert not es.update(0.99, 2) and es.stop
+
+
+def test_train_stops_early_on_flat_val(tmp_path, tiny_base, latent_dir):
+    p = _params(max_steps=40, val_every=2, early_stopping=replace(small_params().train.early_stopping,
+                                                                  patience=2, min_delta=10.0))
+    report = train(p, tiny_base, latent_dir, _outputs(tmp_path))
+    assert report["stop_reason"] == "early_stopping" and report["steps"] == 4
+    assert report["best_step"] == 0
+
+
+def test_resume_equals_uninterrupted_run(tmp_path, tiny_base, latent_dir):
+    p = _params(max_steps=12, val_every=4, checkpoint_every=4)
+    train(p, tiny_base, latent_dir, _outputs(tmp_path / "full"))
+
+    class Crash(Exception):
+        pass
+
+    def crash_at_8(step, metrics):
+        if step == 8:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        train(p, tiny_base, latent_dir, _outputs(tmp_path / "cut"), on_validation=crash_at_8)
+    assert not (tmp_path / "cut/lora").exists()
+    report = train(p, tiny_base, latent_dir, _outputs(tmp_path / "cut"))
+    assert report["resumed_from_step"] == 4
+    for rel in (LORA_WEIGHTS, f"last/{LORA_WEIGHTS}", "fashion_lora_kohya.safetensors"):
+        assert (tmp_path / "full/lora" / rel).read_bytes() == (tmp_path / "cut/lora" / rel).read_bytes(), rel
+    full = (tmp_path / "full/live/plots/metrics/train/loss.tsv").read_text()
+    assert (tmp_path / "cut/live/plots/metrics/train/loss.tsv").read_text() == full  # no duplicated steps
+
+
+def test_checkpoint_from_other_params_is_not_reused(tmp_path, tiny_base, latent_dir, caplog):
+    p = _params(max_steps=4, val_every=2, checkpoint_every=2)
+    train(p, tiny_base, latent_dir, _outputs(tmp_path))
+    p2 = _params(max_steps=4, val_every=2, checkpoint_every=2, learning_rate=1e-3)
+    with caplog.at_level(logging.WARNING):
+        report = train(p2, tiny_base, latent_dir, _outputs(tmp_path))
+    assert report["resumed_from_step"] is None
+    assert "different train params" in caplog.text
+
+
+def test_train_report_and_val_beats_base(tmp_path, tiny_base, latent_dir):
+    p = _params(max_steps=30, val_every=10)
+    report = train(p, tiny_base, latent_dir, _outputs(tmp_path))
+    assert report["best_val"]["mse"] < report["base_val"]["mse"]
+    assert report["trainable_params"] > 0 and report["lora_modules"] == 92
+    summary = json.loads((tmp_path / "live/metrics.json").read_text())
+    assert summary["steps"] == 30
+    assert len((tmp_path / "live/plots/metrics/train/loss.tsv").read_text().splitlines()) == 31
+
+
+def test_bf16_base_keeps_lora_fp32(tiny_base):
+    """The mixed-precision dtype rule, checked on CPU with bf16: base half, LoRA fp32, step works."""
+    p = _params()
+    base = load_base(tiny_base, torch.device("cpu"), dtype=torch.bfloat16)
+    attach_lora(base.unet, p.train.lora)
+    keep_lora_fp32(base.unet)
+    for n, q in base.unet.named_parameters():
+        assert q.dtype == (torch.float32 if q.requires_grad else torch.bfloat16), n
+    lat = torch.randn(2, 4, 8, 8, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = diffusion.training_loss(base.unet, base.noise_scheduler, lat, torch.randn_like(lat),
+                                       torch.tensor([1, 500]), torch.randn(2, 77, 64, dtype=torch.bfloat16), 5.0)
+    loss.backward()
+    grads = [q.grad for q in base.unet.parameters() if q.requires_grad]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_cuda_without_gpu_fails_fast(tmp_path, tiny_base, latent_dir):
+    with pytest.raises(UserError, match="train.device is 'cuda'"):
+        train(_params(device="cuda"), tiny_base, latent_dir, _outputs(tmp_path))
+    with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
+        train(_params(device="cpu", mixed_precision="fp16"), tiny_base, latent_dir, _outputs(tmp_path))
+
+
+def test_latent_augment_is_seeded_and_shape_preserving():
+    lat = torch.randn(6, 4, 8, 8)
+    a = diffusion.latent_augment(lat, torch.Generator().manual_seed(3), 0.5, 0.1, 0.5, 0.5, 0.7)
+    b = diffusion.latent_augment(lat, torch.Generator().manual_seed(3), 0.5, 0.1, 0.5, 0.5, 0.7)
+    assert torch.equal(a, b) and a.shape == lat.shape
+    flipped = diffusion.latent_augment(lat, torch.Generator().manual_seed(3), 0, 0, 1.0, 0, 1.0)
+    assert torch.equal(flipped, lat.flip(-1))
+
+
+def test_fixed_eval_plan_is_stratified_and_seeded():
+    a = diffusion.fixed_eval(10, (4, 8, 8), 10, 1000, seed=1)
+    b = diffusion.fixed_eval(10, (4, 8, 8), 10, 1000, seed=1)
+    assert torch.equal(a.noise, b.noise) and torch.equal(a.timesteps, b.timesteps)
+    counts = torch.bincount(a.timesteps // 100, minlength=10)
+    assert (counts == 10).all()  # every band of [0, T) gets its share
+    assert math.isclose(float(a.timesteps.float().mean()), 500, abs_tol=30)
