@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import random
 import unicodedata
+from pathlib import Path
 from typing import Any, Optional
+
+from .utils import UserError
 
 
 def clean_caption(text: str) -> str:
@@ -38,3 +42,17 @@ def augment_caption(caption: str, rng: random.Random, quality_terms: list[str],
     if quality_terms and rng.random() < quality_prob:
         return f"{caption}, {rng.choice(quality_terms)}"
     return caption
+
+
+def load_captions(path: Path) -> dict:
+    """Read a captions JSON object; anything else stops with the file and the problem named."""
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: captions file is not UTF-8 text ({e})") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: captions file is not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: captions must be a JSON object {{file_name: caption}}, "
+                        f"got a JSON {type(raw).__name__}")
+    return raw

@@ -10,6 +10,8 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from .params import PrecomputeParams
+
 
 @dataclass(frozen=True)
 class ImageInfo:
@@ -128,3 +130,26 @@ def resize_crop(img: Image.Image, size: int, crop: str) -> tuple[Image.Image, tu
 # Blur used by tests and benchmarks to make a deliberately unsharp image.
 def blur(img: Image.Image, radius: float = 6.0) -> Image.Image:
     return img.filter(ImageFilter.GaussianBlur(radius))
+
+
+@dataclass
+class Prepared:
+    row: int
+    reason: Optional[str]
+    pixels: Optional[np.ndarray] = None  # uint8 [r, r, 3]
+    crop: Optional[tuple[int, int, int, int]] = None
+    orig_size: Optional[tuple[int, int]] = None
+
+
+def prepare(row: int, path: str, p: PrecomputeParams) -> Prepared:
+    """Load one image, apply quality checks, enhancement and the aspect-preserving crop."""
+    try:
+        img = load_rgb(Path(path))
+    except (OSError, ValueError):
+        return Prepared(row, "undecodable")
+    reason = quality_reason(img, p.min_side, p.min_sharpness, p.min_aspect, p.max_aspect)
+    if reason:
+        return Prepared(row, reason)
+    img = enhance(img, p.enhance.sharpness, p.enhance.contrast, p.enhance.color)
+    square, box = resize_crop(img, p.resolution, p.crop)
+    return Prepared(row, None, np.asarray(square, dtype=np.uint8), box, img.size)

@@ -1,4 +1,4 @@
-"""Latents: image preparation, batched VAE encoding, and sharded `.pt` files with an index.
+"""Latents: batched VAE encoding and sharded `.pt` files with an index.
 
 On disk (`data/latents/`):
 - `shard_00000.pt` ... : `{"latents": Tensor[n, 4, r/8, r/8], "items": Tensor[n] (int64 index ids)}`,
@@ -13,15 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
 import numpy as np
 import torch
 
-from .images import enhance, load_rgb, quality_reason, resize_crop
-from .params import PrecomputeParams
 from .utils import UserError, atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -30,30 +27,6 @@ INDEX = "index.json"
 
 class LatentsError(UserError):
     """A shard or the index is missing, corrupt, or does not match."""
-
-
-@dataclass
-class Prepared:
-    row: int
-    reason: Optional[str]
-    pixels: Optional[np.ndarray] = None  # uint8 [r, r, 3]
-    crop: Optional[tuple[int, int, int, int]] = None
-    orig_size: Optional[tuple[int, int]] = None
-
-
-def prepare(row: int, path: str, p: PrecomputeParams) -> Prepared:
-    """Load one image, apply quality checks, enhancement and the aspect-preserving crop."""
-    try:
-        img = load_rgb(Path(path))
-    except (OSError, ValueError) as e:
-        log.debug("cannot decode %s: %s", path, e)
-        return Prepared(row, "undecodable")
-    reason = quality_reason(img, p.min_side, p.min_sharpness, p.min_aspect, p.max_aspect)
-    if reason:
-        return Prepared(row, reason)
-    img = enhance(img, p.enhance.sharpness, p.enhance.contrast, p.enhance.color)
-    square, box = resize_crop(img, p.resolution, p.crop)
-    return Prepared(row, None, np.asarray(square, dtype=np.uint8), box, img.size)
 
 
 def to_vae_input(pixels: list[np.ndarray]) -> torch.Tensor:

@@ -199,6 +199,15 @@ class EarlyStopping:
 
 
 @dataclass(frozen=True)
+class TrainSamples:
+    every: int  # generate a sample every N validations; 0 = off
+    prompt: str
+    steps: int
+    guidance_scale: float
+    seed: int
+
+
+@dataclass(frozen=True)
 class TrainParams:
     device: Device
     mixed_precision: Literal["auto", "no", "fp16", "bf16"]  # auto: fp16 on CUDA, none on CPU
@@ -218,12 +227,12 @@ class TrainParams:
     val_every: int
     val_repeats: int  # fixed (noise, timestep) draws per val latent
     checkpoint_every: int
-    samples_every: int  # generate a sample every N validations; 0 = off
     gradient_checkpointing: bool
     lora: LoraParams
     augment: LatentAugment
     captions: CaptionAugment
     early_stopping: EarlyStopping
+    samples: TrainSamples  # images while training, logged to dvclive per step
 
     def validate(self) -> None:
         _check(self.max_steps >= 1, "train.max_steps", "must be >= 1")
@@ -244,7 +253,8 @@ class TrainParams:
         _check(self.val_every >= 1, "train.val_every", "must be >= 1")
         _check(self.val_repeats >= 1, "train.val_repeats", "must be >= 1")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
-        _check(self.samples_every >= 0, "train.samples_every", "must be >= 0")
+        _check(self.samples.every >= 0, "train.samples.every", "must be >= 0")
+        _check(self.samples.steps >= 1, "train.samples.steps", "must be >= 1")
         _check(self.early_stopping.patience >= 1, "train.early_stopping.patience", "must be >= 1")
         _check(self.early_stopping.min_delta >= 0, "train.early_stopping.min_delta", "must be >= 0")
         self.lora.validate()

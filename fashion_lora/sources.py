@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import synthetic
+from .captions import load_captions
 from .archives import flatten_into, safe_extract
 from .params import ArchiveLimits, Params
 from .utils import UserError, file_sha256
@@ -39,20 +40,6 @@ def gdown_download(file_id: str, output: Path) -> None:
     if result is None or not output.is_file():
         raise UserError(f"gdown returned no file for Google Drive id {file_id}; check the id in "
                         "data.deepfashion and your network")
-
-
-def load_captions(path: Path) -> dict:
-    """Read a captions JSON object; anything else stops with the file and the problem named."""
-    try:
-        raw = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: captions file is not UTF-8 text ({e})") from None
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: captions file is not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{path}: captions must be a JSON object {{file_name: caption}}, "
-                        f"got a JSON {type(raw).__name__}")
-    return raw
 
 
 def _captions_from(path: Path, limits: ArchiveLimits, work: Path) -> dict:

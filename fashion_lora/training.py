@@ -236,7 +236,7 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
 
     # Model: frozen base in the compute dtype, LoRA params in fp32.
     weight_dtype = WEIGHT_DTYPES[mp]
-    base = load_base(base_dir, device, weight_dtype, with_vae=p.samples_every > 0)
+    base = load_base(base_dir, device, weight_dtype, with_vae=p.samples.every > 0)
     unet = base.unet
     torch.manual_seed(params.seed)  # LoRA A matrices are drawn from the global RNG
     cfg = attach_lora(unet, p.lora)
@@ -253,6 +253,7 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
 
     # Data: train latents resident in memory; val plan fixed by the seed.
     train_lat, train_items = load_latents(latent_dir, "train")
+    resolution = train_lat.shape[-1] * 2 ** (len(base.vae.config.block_out_channels) - 1) if base.vae else 0
     val_lat, val_items = load_latents(latent_dir, "val")
     if len(train_lat) == 0:
         raise UserError(f"{latent_dir}: no train latents; check filter.val_fraction and the data")
@@ -326,6 +327,8 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
                 live.log_metric(f"val/{k}", v)
         log.info("step %d: val MSE %.5f MAE %.5f std %.5f%s", step, metrics["mse"], metrics["mae"],
                  metrics["loss_std"], " (best)" if improved else f" (no improvement x{state.early.bad})")
+        if live is not None and p.samples.every and (len(state.history) - 1) % p.samples.every == 0:
+            _log_sample(live, base, raw_unet, p, resolution, step)
         if on_validation:
             on_validation(step, metrics)
         return metrics
@@ -377,8 +380,6 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
                             "or use train.mixed_precision: bf16/no")
         if state.step % p.val_every == 0 or state.step == p.max_steps:
             validate(state.step)
-            if p.samples_every and main_proc and len(state.history) % p.samples_every == 0:
-                _log_sample(live, base, raw_unet, params, state.step)
             if state.early.stop:
                 stop_reason = "early_stopping"
         if main_proc and (state.step % p.checkpoint_every == 0 or state.step == p.max_steps or state.early.stop):
@@ -445,20 +446,19 @@ def _truncate_live(live_dir: Path, step: int) -> None:
         tsv.write_text("\n".join(keep) + "\n")
 
 
-def _log_sample(live, base, unet, params: Params, step: int) -> None:
+def _log_sample(live, base, unet, p: TrainParams, resolution: int, step: int) -> None:
     """A fixed prompt and seed through the current adapter, logged as a step-numbered image."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    g = params.generate
+    s = p.samples
     pipe = StableDiffusionPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
                                    unet=unet, scheduler=DDIMScheduler.from_config(base.noise_scheduler.config),
-                                   safety_checker=None,
-                                   feature_extractor=None, requires_safety_checker=False)
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     was_training = unet.training
     unet.eval()
-    gen = torch.Generator().manual_seed(g.seed)
-    image = pipe(g.prompts[0], negative_prompt=g.negative_prompt, num_inference_steps=min(g.steps),
-                 guidance_scale=g.guidance_scale, height=g.height, width=g.width, generator=gen).images[0]
+    gen = torch.Generator().manual_seed(s.seed)
+    image = pipe(s.prompt, num_inference_steps=s.steps, guidance_scale=s.guidance_scale, height=resolution,
+                 width=resolution, generator=gen).images[0]
     unet.train(was_training)
     live.log_image(f"samples/step_{step:06d}.png", image)

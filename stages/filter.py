@@ -7,7 +7,7 @@ from pathlib import Path
 
 from fashion_lora.filtering import filter_entries, sample_and_split, to_frame
 from fashion_lora.params import load_params, to_dict
-from fashion_lora.sources import load_captions
+from fashion_lora.captions import load_captions
 from fashion_lora.utils import atomic_dir, atomic_write_text, run_stage, write_json
 
 log = logging.getLogger("stages.filter")

@@ -11,7 +11,8 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from fashion_lora.latents import ShardWriter, encode, iter_chunks, prepare, to_vae_input
+from fashion_lora.images import prepare
+from fashion_lora.latents import ShardWriter, encode, iter_chunks, to_vae_input
 from fashion_lora.base import load_base
 from fashion_lora.params import load_params, to_dict
 from fashion_lora.utils import UserError, atomic_dir, resolve_device, run_stage, set_seed, write_json

@@ -10,7 +10,8 @@ from PIL import Image
 
 from fashion_lora.base import build_clip_tokenizer, load_base, provision_base
 from fashion_lora.images import blur, quality_reason, resize_crop
-from fashion_lora.latents import LatentsError, ShardWriter, encode, load_latents, load_shard, prepare, to_vae_input
+from fashion_lora.images import prepare
+from fashion_lora.latents import LatentsError, ShardWriter, encode, load_latents, load_shard, to_vae_input
 from fashion_lora.utils import UserError
 from tests.conftest import small_params
 

@@ -123,7 +123,7 @@ def test_two_products_give_both_splits():
 
 
 def test_captions_json_errors_name_the_file(tmp_path):
-    from fashion_lora.sources import load_captions
+    from fashion_lora.captions import load_captions
     from fashion_lora.utils import UserError
 
     bad = tmp_path / "captions.json"

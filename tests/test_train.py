@@ -266,3 +266,11 @@ def test_fixed_eval_plan_is_stratified_and_seeded():
     counts = torch.bincount(a.timesteps // 100, minlength=10)
     assert (counts == 10).all()  # every band of [0, T) gets its share
     assert math.isclose(float(a.timesteps.float().mean()), 500, abs_tol=30)
+
+
+def test_samples_while_training_are_logged_per_step(tmp_path, tiny_base, latent_dir):
+    base_p = small_params()
+    p = _params(max_steps=4, val_every=2, samples=replace(base_p.train.samples, every=1, steps=2))
+    train(p, tiny_base, latent_dir, _outputs(tmp_path))
+    names = sorted(f.name for f in (tmp_path / "live/plots/images/samples").glob("*.png"))
+    assert names == ["step_000000.png", "step_000002.png", "step_000004.png"]

@@ -1,0 +1,59 @@
+"""Static checks of dvc.yaml against the code: missing deps or params are bugs."""
+
+import ast
+import re
+from pathlib import Path
+
+import yaml
+
+from tests.conftest import REPO
+
+SPEC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+
+
+def _local_imports(path: Path) -> set[str]:
+    mods = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module is None and node.level == 1:
+            mods.update(a.name for a in node.names)  # from . import x
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            if node.module.startswith("fashion_lora."):
+                mods.add(node.module.split(".")[1])
+            elif node.level == 1:
+                mods.add(node.module)
+    return mods
+
+
+def _closure(stage: str) -> set[str]:
+    todo, seen = [REPO / f"stages/{stage}.py"], set()
+    while todo:
+        for m in _local_imports(todo.pop()):
+            if m not in seen:
+                seen.add(m)
+                todo.append(REPO / f"fashion_lora/{m}.py")
+    return {f"fashion_lora/{m}.py" for m in seen}
+
+
+def test_every_imported_module_is_a_dep():
+    for name, stage in SPEC.items():
+        deps = set(stage["deps"])
+        assert f"stages/{name}.py" in deps
+        missing = _closure(name) - deps
+        assert not missing, f"stage {name} imports {missing} but does not list them as deps"
+
+
+def test_no_stale_code_deps():
+    for name, stage in SPEC.items():
+        code = {d for d in stage["deps"] if d.startswith("fashion_lora/")}
+        extra = code - _closure(name)
+        assert not extra, f"stage {name} lists {extra} as deps but never imports them"
+
+
+def test_params_read_are_declared():
+    """`params.<section>` / `params.seed` used in a stage must be in its params list."""
+    for name, stage in SPEC.items():
+        text = (REPO / f"stages/{name}.py").read_text()
+        declared = [str(p) for p in stage.get("params", [])]
+        used = set(re.findall(r"params\.(seed|data|model|filter|precompute|train|evaluate|generate)\b", text))
+        for u in used:
+            assert any(d == u or d.startswith(u + ".") for d in declared), f"{name} reads params.{u}"
