@@ -18,6 +18,7 @@ from .images import inspect_image
 from .params import FilterParams
 
 log = logging.getLogger(__name__)
+PARALLEL_MIN = 500
 PRODUCT_RE = re.compile(r"id_\d+")
 COLUMNS = ["image_name", "image_path", "caption", "split"]
 # Every reason the filter can give; the report lists each, zero or not.
@@ -63,7 +64,8 @@ def filter_entries(captions: dict, images: Path, p: FilterParams) -> tuple[list[
     check = functools.partial(_inspect, images=images, p=p)
     names = list(candidates)
     bar = dict(total=len(names), desc="filter", unit="img", mininterval=1.0)
-    if p.workers > 1 and len(names) > 64:
+    # A process pool costs about a second to start: only worth it for real data set sizes.
+    if p.workers > 1 and len(names) >= PARALLEL_MIN:
         with mp.get_context("spawn").Pool(p.workers) as pool:
             results = list(tqdm(pool.imap(check, names, chunksize=32), **bar))
     else:

@@ -1,0 +1,46 @@
+"""Shared helpers for benchmark scripts: repetitions, min/median, JSON + table output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+OUT = Path("reports/bench")
+
+
+def timed(fn: Callable[[], object], reps: int) -> dict:
+    """Run `fn` `reps` times; min and median seconds."""
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"min_s": min(times), "median_s": statistics.median(times), "reps": reps}
+
+
+def machine() -> dict:
+    import os
+
+    import torch
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def write(name: str, result: dict, rows: list[tuple]) -> Path:
+    """Write reports/bench/<name>.json and print a small table."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **result}, indent=2) + "\n")
+    width = max(len(str(r[0])) for r in rows)
+    for r in rows:
+        print(f"{str(r[0]):<{width}}  " + "  ".join(str(x) for x in r[1:]))
+    print(f"-> {path}")
+    return path
