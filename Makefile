@@ -14,7 +14,12 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install -q --no-deps openai-clip==1.0.1
 	touch $@
 
-setup: $(VENV)/.installed
+# Offline plots page for `dvc plots show/diff` (vega libraries pinned in tools/plots).
+.dvc/plots/offline.html: tools/plots/package.json tools/plots/package-lock.json tools/plots/build_template.py
+	cd tools/plots && npm ci --no-audit --no-fund --loglevel=error
+	python3 tools/plots/build_template.py
+
+setup: $(VENV)/.installed .dvc/plots/offline.html
 
 demo: setup
 	dvc repro

@@ -137,10 +137,12 @@ class RunState:
     history: list[dict] = field(default_factory=list)
 
 
-def fingerprint(params: Params, latent_dir: Path, base_dir: Path) -> str:
-    """What a checkpoint must match to be resumed: train params, seed, latents and base model."""
+def fingerprint(params: Params, latent_dir: Path, base_dir: Path, processes: int) -> str:
+    """What a checkpoint must match to be resumed: train params, seed, process count (it sets
+    the batches), latents and base model."""
     h = hashlib.sha256()
-    h.update(json.dumps({"seed": params.seed, "train": to_dict(params.train)}, sort_keys=True).encode())
+    h.update(json.dumps({"seed": params.seed, "train": to_dict(params.train), "processes": processes},
+                        sort_keys=True).encode())
     h.update((latent_dir / "index.json").read_bytes())
     h.update((base_dir / "unet" / "config.json").read_bytes())
     h.update(str(sorted((f.name, f.stat().st_size) for f in (base_dir / "unet").iterdir())).encode())
@@ -228,6 +230,8 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
                               cpu=device.type == "cpu")
     device = accelerator.device
     main_proc = accelerator.is_main_process
+    if not main_proc:  # one voice in the logs; every rank still computes the same validations
+        logging.getLogger("fashion_lora").setLevel(logging.WARNING)
     info = system_check(accelerator, device)
     log.info("system: %s", info)
     if device.type == "cuda":
@@ -282,7 +286,7 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
 
     state = RunState(early=EarlyStop(p.early_stopping.patience, p.early_stopping.min_delta))
     ckpt_path = out.checkpoint_dir / CHECKPOINT
-    fp = fingerprint(params, latent_dir, base_dir)
+    fp = fingerprint(params, latent_dir, base_dir, accelerator.num_processes)
     ckpt = _load_checkpoint(ckpt_path, fp)
     if ckpt is not None:
         _set_lora(raw_unet, ckpt["lora"])

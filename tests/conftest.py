@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -104,7 +105,7 @@ def make_repo(dest: Path, overrides: dict | None = None) -> Path:
     (dest / "dvc.lock").unlink(missing_ok=True)
     if overrides:
         write_params(dest, overrides)
-    git(dest, "init", "-q")
+    git(dest, "init", "-q", "-b", "main")
     git(dest, "add", "-A")
     git(dest, "commit", "-qm", "init")
     return dest
@@ -115,3 +116,19 @@ def write_params(repo: Path, overrides: dict) -> None:
     for k, v in overrides.items():
         set_key(raw, k, v)
     (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def render_offline(page: Path) -> str:
+    """The DOM of `page` after its scripts ran in headless Chromium, with every host unresolvable
+    (so any request to leave the machine fails)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "Chromium is needed for the plots test: apt-get install chromium (.ci/run does)"
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.run(
+            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", '--host-resolver-rules=MAP * ~NOTFOUND',
+             "--virtual-time-budget=15000", "--dump-dom", page.as_uri()],
+            capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout

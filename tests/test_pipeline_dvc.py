@@ -5,9 +5,10 @@ import re
 
 import pandas as pd
 import pytest
+import yaml
 
 from fashion_lora.filtering import product_id
-from tests.conftest import SMALL, dvc, git, make_repo, write_params
+from tests.conftest import SMALL, dvc, git, make_repo, render_offline, write_params
 
 pytestmark = pytest.mark.slow
 STAGES = ("download", "base_model", "filter", "precompute", "train", "evaluate", "generate", "report")
@@ -72,6 +73,61 @@ def test_metrics_show_base_vs_lora(repo):
     assert "lora" in flat and "base" in flat and "mse" in flat
 
 
+def test_remote_push_and_pull(repo, tmp_path):
+    """A teammate gets data, latents, models and reports from a local-folder remote, no rerun."""
+    remote = tmp_path / "remote"
+    dvc(repo, "remote", "add", "-d", "--local", "teamstore", str(remote))
+    dvc(repo, "push")
+    mate = tmp_path / "mate"
+    git(tmp_path, "clone", "-q", str(repo), str(mate))
+    dvc(mate, "remote", "add", "-d", "--local", "teamstore", str(remote))
+    dvc(mate, "pull")
+    for rel in ("data/latents/index.json", "models/lora/pytorch_lora_weights.safetensors",
+                "models/base/model_index.json", "reports/evaluate/metrics.json", "reports/results.md"):
+        assert (mate / rel).read_bytes() == (repo / rel).read_bytes(), rel
+    assert ran(dvc(mate, "repro")) == set()  # everything is up to date: nothing reruns
+
+
+def test_branches_metrics_params_and_offline_plots(repo, tmp_path):
+    git(repo, "checkout", "-q", "-b", "rank2")
+    write_params(repo, {"train.lora.rank": 2})
+    assert ran(dvc(repo, "repro")) == {"train", "evaluate", "generate", "report"}
+    git(repo, "commit", "-qam", "rank 2")
+    metrics = json.loads(dvc(repo, "metrics", "diff", "main", "--json").stdout)
+    assert "reports/evaluate/metrics.json" in metrics and "lora.mse" in metrics["reports/evaluate/metrics.json"]
+    params = json.loads(dvc(repo, "params", "diff", "main", "--json").stdout)
+    assert params["params.yaml"]["train.lora.rank"] == {"old": 12, "new": 2}
+
+    out = tmp_path / "plots"
+    dvc(repo, "plots", "diff", "main", "--out", str(out))
+    html = (out / "index.html").read_text()
+    assert "<script src=" not in html and "cdn.jsdelivr" not in html  # nothing to fetch
+    dom = render_offline(out / "index.html")
+    n_line = len(yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]) - 3  # minus the 3 image plots
+    assert dom.count('class="marks"') >= n_line  # vega drew every line plot (a canvas each)
+    assert dom.count("<img") >= 2 * 7  # image plots of both revisions
+    git(repo, "checkout", "-q", "main")
+    dvc(repo, "checkout")
+
+
+def test_experiments_run_show_and_queue(repo):
+    dvc(repo, "exp", "run", "-n", "rank4", "-S", "train.lora.rank=4", "-S", "train.learning_rate=0.001")
+    for r in (2, 8):
+        dvc(repo, "exp", "run", "--queue", "-S", f"train.lora.rank={r}")
+    dvc(repo, "exp", "run", "--run-all")
+    table = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    ranks = set()
+    for rev in table:
+        for exp in rev.get("experiments") or []:
+            for ex in exp.get("revs", []):
+                data = ex.get("data") or {}
+                ranks.add(data.get("params", {}).get("params.yaml", {}).get("data", {})["train"]["lora"]["rank"])
+                assert "reports/evaluate/metrics.json" in data.get("metrics", {})
+    assert {2, 4, 8} <= ranks
+    shown = dvc(repo, "exp", "show", "--only-changed", "--no-pager").stdout
+    assert "rank4" in shown
+
+
 def test_param_changes_rerun_only_downstream(repo):
     write_params(repo, {"train.lora.rank": 4})
     assert ran(dvc(repo, "repro")) == {"train", "evaluate", "generate", "report"}
@@ -88,3 +144,22 @@ def test_editing_stage_code_reruns_it(repo):
     with open(repo / "stages/generate.py", "a") as f:
         f.write("\n# touched\n")
     assert ran(dvc(repo, "repro")) == {"generate", "report"}
+
+
+def test_two_process_training_gives_one_adapter(repo):
+    """torchrun starts 2 CPU processes (gloo); Accelerator trains with DDP; one adapter results."""
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import run
+
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    run([torchrun, "--nproc_per_node", "2", "-m", "stages.train"], repo)
+    report = json.loads((repo / "reports/train_report.json").read_text())
+    assert report["system"]["processes"] == 2 and report["steps"] == SMALL["train.max_steps"]
+    assert report["best_val"]["mse"] < report["base_val"]["mse"]
+    from fashion_lora.lora import load_pipeline
+    import torch
+
+    pipe = load_pipeline(repo / "models/base", repo / "models/lora", torch.device("cpu"))
+    assert pipe.unet is not None
