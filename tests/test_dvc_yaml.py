@@ -57,3 +57,16 @@ def test_params_read_are_declared():
         used = set(re.findall(r"params\.(seed|data|model|filter|precompute|train|evaluate|generate)\b", text))
         for u in used:
             assert any(d == u or d.startswith(u + ".") for d in declared), f"{name} reads params.{u}"
+
+
+def test_offline_plots_template_is_pinned_and_self_contained():
+    import json
+
+    cfg = (REPO / ".dvc/config").read_text()
+    assert "html_template = plots/offline.html" in cfg
+    page = (REPO / ".dvc/plots/offline.html").read_text()
+    pins = json.loads((REPO / "tools/plots/package.json").read_text())["dependencies"]
+    for name, version in pins.items():
+        assert f"<!-- {name} {version} -->" in page, name
+    assert "{plot_divs}" in page and "{scripts}" not in page  # DVC's CDN tags are never inserted
+    assert "<script src" not in page

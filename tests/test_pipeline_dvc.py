@@ -96,7 +96,8 @@ def test_branches_metrics_params_and_offline_plots(repo, tmp_path):
     metrics = json.loads(dvc(repo, "metrics", "diff", "main", "--json").stdout)
     assert "reports/evaluate/metrics.json" in metrics and "lora.mse" in metrics["reports/evaluate/metrics.json"]
     params = json.loads(dvc(repo, "params", "diff", "main", "--json").stdout)
-    assert params["params.yaml"]["train.lora.rank"] == {"old": 12, "new": 2}
+    assert params["params.yaml"]["train.lora.rank"]["old"] == 12
+    assert params["params.yaml"]["train.lora.rank"]["new"] == 2
 
     out = tmp_path / "plots"
     dvc(repo, "plots", "diff", "main", "--out", str(out))

@@ -3,7 +3,7 @@ package-lock.json, installed by `npm ci`) inlined into one HTML template, so `dv
 and `dvc plots diff` render with no network. The template has no `{scripts}` placeholder, so
 DVC's CDN script tags are never inserted.
 
-    python tools/plots/build_template.py   # writes .dvc/plots/offline.html
+    make plots-template   # npm install + writes .dvc/plots/offline.html (committed)
 """
 
 import json
