@@ -15,7 +15,9 @@ STAGES = ("download", "base_model", "filter", "precompute", "train", "evaluate",
 
 
 def ran(proc) -> set[str]:
-    return set(re.findall(r"Running stage '(\w+)'", proc.stdout))
+    """Stages DVC considered changed: run, or restored from its run-cache (same deps seen before)."""
+    found = re.findall(r"Running stage '(\w+)'|Stage '(\w+)' is cached", proc.stdout)
+    return {a or b for a, b in found}
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +129,10 @@ def test_experiments_run_show_and_queue(repo):
     assert {2, 4, 8} <= ranks
     shown = dvc(repo, "exp", "show", "--only-changed", "--no-pager").stdout
     assert "rank4" in shown
+    # `exp run` leaves its result in the workspace: back to the committed state for what follows
+    git(repo, "checkout", "--", ".")
+    dvc(repo, "checkout", "--force")
+    assert ran(dvc(repo, "repro")) == set()
 
 
 def test_param_changes_rerun_only_downstream(repo):
