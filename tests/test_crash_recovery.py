@@ -1,0 +1,84 @@
+"""Kill -9 each long stage mid-run in a temp repo copy, rerun `dvc repro`, and check every
+output equals that of an uninterrupted run from clean (which also shows two clean runs agree)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import SMALL, _env, dvc, make_repo
+
+pytestmark = pytest.mark.slow
+
+SETTINGS = {**SMALL, "data.synthetic.count": 700, "train.max_steps": 60, "train.checkpoint_every": 10,
+            "train.val_every": 20}
+# Outputs that hold wall-clock timings (or dvclive timestamps) legitimately differ between runs.
+TIMED = {"reports/filter.json", "reports/precompute.json", "reports/train_report.json", "reports/train",
+         "reports/generate/metrics.json", "reports/results.md"}
+
+
+def out_hashes(repo: Path) -> dict[str, str]:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    return {o["path"]: o["md5"] for s in lock.values() for o in s.get("outs", []) if o["path"] not in TIMED}
+
+
+def repro_until(repo: Path, ready, timeout: float = 300) -> str:
+    """Start `dvc repro`, SIGKILL its whole process group once `ready(log)` is true."""
+    log = repo / "repro.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=_env(), stdout=f,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    t0 = time.time()
+    try:
+        while not ready(log.read_text()):
+            assert proc.poll() is None, f"repro ended before the kill point:\n{log.read_text()[-3000:]}"
+            assert time.time() - t0 < timeout, "kill point never reached"
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return log.read_text()
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict[str, str]:
+    repo = make_repo(tmp_path_factory.mktemp("ref"), SETTINGS)
+    dvc(repo, "repro")
+    return out_hashes(repo)
+
+
+def test_kill_each_stage_then_rerun_gives_identical_outputs(tmp_path, reference):
+    repo = make_repo(tmp_path, SETTINGS)
+    started = {}
+
+    def stage_running(name, after=0.0):
+        def ready(log):
+            if f"Running stage '{name}'" not in log:
+                return False
+            started.setdefault(name, time.time())
+            return time.time() - started[name] >= after
+        return ready
+
+    # filter: killed while decoding (the stage runs for a few seconds on 700 images)
+    repro_until(repo, stage_running("filter", after=1.5))
+    assert not (repo / "data/fashion_data.csv").exists() or "filter" not in (repo / "dvc.lock").read_text()
+    # precompute: killed once its staging folder exists (shards being written)
+    repro_until(repo, lambda log: "Running stage 'precompute'" in log and (repo / "data/.latents.tmp").exists())
+    assert not (repo / "data/latents/index.json").exists()  # no half output that looks complete
+    # train: killed right after its first checkpoint
+    ckpt = repo / "models/checkpoints/checkpoint.pt"
+    repro_until(repo, lambda log: "Running stage 'train'" in log and ckpt.exists())
+    assert not (repo / "models/lora/pytorch_lora_weights.safetensors").exists()
+    # generate: killed after the first image
+    staging = repo / "reports/generate/.images.tmp"
+    log = repro_until(repo, lambda log: staging.exists() and any(staging.glob("*.png")))
+    assert "resuming from models/checkpoints/checkpoint.pt at step 10" in log  # train lost < 10 steps
+    dvc(repo, "repro")
+    assert out_hashes(repo) == reference
+    assert "Running stage" not in dvc(repo, "repro").stdout
