@@ -52,7 +52,9 @@ def keep_lora_fp32(unet) -> None:
 def lora_state(unet) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
-    return {k: v.detach().float().cpu().contiguous() for k, v in get_peft_model_state_dict(unet).items()}
+    # A copy, never a view: the caller may keep it (best adapter) while training goes on.
+    return {k: v.detach().to("cpu", torch.float32, copy=True).contiguous()
+            for k, v in get_peft_model_state_dict(unet).items()}
 
 
 def save_lora(unet, cfg, out_dir: Path, state: Optional[dict] = None) -> Path:

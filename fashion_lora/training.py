@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import platform
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,7 +188,20 @@ def _save_checkpoint(path: Path, state: RunState, unet, optimizer, scheduler, sc
         "early": {"best": state.early.best, "best_step": state.early.best_step, "bad": state.early.bad},
         "history": json.dumps(state.history),
     }
-    atomic_torch_save(ckpt, path)
+    # Fresh tensors and interned keys: pickle memoizes by object identity, and the optimizer
+    # state of a resumed run holds other (equal) objects than a fresh run's, which would change
+    # the bytes (and DVC's hash) of an equal checkpoint.
+    atomic_torch_save(_fresh(ckpt), path)
+
+
+def _fresh(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {sys.intern(k) if isinstance(k, str) else k: _fresh(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_fresh(v) for v in obj)
+    return obj
 
 
 def _load_checkpoint(path: Path, fp: str) -> Optional[dict]:

@@ -181,6 +181,13 @@ def test_train_stops_early_on_flat_val(tmp_path, tiny_base, latent_dir):
     report = train(p, tiny_base, latent_dir, _outputs(tmp_path))
     assert report["stop_reason"] == "early_stopping" and report["steps"] == 4
     assert report["best_step"] == 0
+    # the saved best adapter is the step-0 one (B = 0, a no-op), not the last weights
+    from safetensors.torch import load_file
+
+    best = load_file(str(tmp_path / "lora" / LORA_WEIGHTS))
+    last = load_file(str(tmp_path / "lora/last" / LORA_WEIGHTS))
+    assert all(not v.any() for k, v in best.items() if "lora_B" in k)
+    assert any(v.any() for k, v in last.items() if "lora_B" in k)
 
 
 def test_resume_equals_uninterrupted_run(tmp_path, tiny_base, latent_dir):
@@ -201,6 +208,7 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny_base, latent_dir):
     assert report["resumed_from_step"] == 4
     for rel in (LORA_WEIGHTS, f"last/{LORA_WEIGHTS}", "fashion_lora_kohya.safetensors"):
         assert (tmp_path / "full/lora" / rel).read_bytes() == (tmp_path / "cut/lora" / rel).read_bytes(), rel
+    assert (tmp_path / "full/ckpt/checkpoint.pt").read_bytes() == (tmp_path / "cut/ckpt/checkpoint.pt").read_bytes()
     full = (tmp_path / "full/live/plots/metrics/train/loss.tsv").read_text()
     assert (tmp_path / "cut/live/plots/metrics/train/loss.tsv").read_text() == full  # no duplicated steps
 
