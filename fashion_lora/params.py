@@ -227,7 +227,9 @@ class TrainParams:
     val_every: int
     val_repeats: int  # fixed (noise, timestep) draws per val latent
     checkpoint_every: int
-    gradient_checkpointing: bool
+    gradient_checkpointing: bool  # recompute activations in backward: less memory, ~30% slower
+    optimizer: Literal["adamw", "adamw8bit"]  # adamw8bit needs bitsandbytes (CUDA)
+    compile: bool  # torch.compile the UNet (GPU; first steps are slow while it compiles)
     lora: LoraParams
     augment: LatentAugment
     captions: CaptionAugment

@@ -174,6 +174,21 @@ def mixed_precision_for(p: TrainParams, device: torch.device) -> str:
     return p.mixed_precision
 
 
+def make_optimizer(params: list, p: TrainParams) -> torch.optim.Optimizer:
+    """AdamW over the LoRA params; `adamw8bit` uses bitsandbytes' 8-bit states (GPU memory)."""
+    kw = dict(lr=p.learning_rate, betas=tuple(p.betas), weight_decay=p.weight_decay)
+    if p.optimizer == "adamw":
+        return torch.optim.AdamW(params, **kw)
+    if p.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise UserError("train.optimizer: adamw8bit needs the bitsandbytes package (pip install "
+                            "bitsandbytes; CUDA only); or set train.optimizer: adamw") from None
+        return bnb.optim.AdamW8bit(params, **kw)
+    raise UserError(f"train.optimizer: unknown optimizer {p.optimizer!r}")
+
+
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -287,8 +302,9 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
              len(train_lat), len(val_lat), p.val_repeats, batches.truncated, len(train_items),
              base.tokenizer.model_max_length)
 
-    optimizer = torch.optim.AdamW(lora_params, lr=p.learning_rate, betas=tuple(p.betas),
-                                  weight_decay=p.weight_decay)
+    optimizer = make_optimizer(lora_params, p)
+    if p.compile:
+        unet = torch.compile(unet)
     min_ratio = p.min_lr / p.learning_rate
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, p.warmup_steps, p.restart_period, p.restart_mult, min_ratio))

@@ -282,3 +282,32 @@ def test_samples_while_training_are_logged_per_step(tmp_path, tiny_base, latent_
     train(p, tiny_base, latent_dir, _outputs(tmp_path))
     names = sorted(f.name for f in (tmp_path / "live/plots/images/samples").glob("*.png"))
     assert names == ["step_000000.png", "step_000002.png", "step_000004.png"]
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_grads(tiny_base):
+    p = _params()
+    out = []
+    for ckpt in (False, True):
+        base = load_base(tiny_base, torch.device("cpu"))
+        torch.manual_seed(0)
+        attach_lora(base.unet, replace(p.train.lora, dropout=0.0))
+        if ckpt:
+            base.unet.enable_gradient_checkpointing()
+        base.unet.train()
+        g = torch.Generator().manual_seed(0)
+        lat = torch.randn(2, 4, 8, 8, generator=g)
+        loss = diffusion.training_loss(base.unet, base.noise_scheduler, lat, torch.randn(lat.shape, generator=g),
+                                       torch.tensor([10, 700]), torch.randn(2, 77, 64, generator=g), None)
+        loss.backward()
+        out.append((loss.item(), [q.grad.clone() for q in base.unet.parameters() if q.requires_grad]))
+    assert out[0][0] == pytest.approx(out[1][0], rel=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(out[0][1], out[1][1]))
+
+
+def test_adamw8bit_without_bitsandbytes_is_a_clear_error(tmp_path, tiny_base, latent_dir):
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is not None:
+        pytest.fail("bitsandbytes is installed here; this test checks the error when it is missing")
+    with pytest.raises(UserError, match="bitsandbytes"):
+        train(_params(optimizer="adamw8bit"), tiny_base, latent_dir, _outputs(tmp_path))
