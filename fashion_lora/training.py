@@ -42,7 +42,9 @@ class LatentBatches:
     """Seeded, resumable batches over resident latents with latent and caption augmentation.
 
     Batch `s` of process `rank` is a pure function of (seed, s, rank): no iterator state to save.
-    Text variants per latent are pre-tokenized: plain, plus each quality term, plus "" (dropout).
+    Captions are pre-tokenized in every variant (plain, + each quality term, and "" for
+    dropout) into one table, `token_ids` [(1 + Q) * N + 1, 77]; a batch returns row numbers
+    into it, so text embeddings can be cached per row.
     """
 
     def __init__(self, latents: torch.Tensor, captions: list[str], tokenizer, p: TrainParams, seed: int,
@@ -50,11 +52,11 @@ class LatentBatches:
         self.latents, self.p, self.seed, self.rank, self.world = latents, p, seed, rank, world
         self.n = len(latents)
         self.per_epoch = max(1, self.n // (p.batch_size * world))
-        variants = [captions] + [[f"{c}, {q}" for c in captions] for q in p.captions.quality_terms]
+        variants = [captions] + [[f"{c}, {q}" for c in captions] for q in p.captions.quality_terms] + [[""]]
         ids, trunc = zip(*(diffusion.tokenize(tokenizer, v) for v in variants))
-        self.ids = torch.stack(ids)  # [1 + Q, N, 77]
+        self.token_ids = torch.cat(ids)
         self.truncated = trunc[0]
-        self.empty = diffusion.tokenize(tokenizer, [""])[0][0]
+        self.empty_row = len(self.token_ids) - 1
 
     def indices(self, step: int) -> torch.Tensor:
         epoch, pos = divmod(step, self.per_epoch)
@@ -67,22 +69,40 @@ class LatentBatches:
         return perm[start:start + b]
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented latents [b, 4, h, w] and caption rows [b] into `token_ids`."""
         idx = self.indices(step)
         gen = torch.Generator().manual_seed(step_seed(self.seed, step, 2))
         a = self.p.augment
         lat = diffusion.latent_augment(self.latents[idx], gen, a.noise_prob, a.noise_std, a.hflip_prob,
                                        a.crop_prob, a.crop_min_scale)
         c = self.p.captions
-        ids = self.ids[0, idx].clone()
         drop = torch.rand(len(idx), generator=gen) < c.dropout_prob
         quality = torch.rand(len(idx), generator=gen) < c.quality_prob
         term = torch.randint(0, max(1, len(c.quality_terms)), (len(idx),), generator=gen)
-        for j in range(len(idx)):
-            if drop[j]:
-                ids[j] = self.empty
-            elif quality[j] and c.quality_terms:
-                ids[j] = self.ids[1 + term[j], idx[j]]
-        return lat, ids
+        variant = torch.where(quality & (len(c.quality_terms) > 0), 1 + term, torch.zeros_like(term))
+        rows = torch.where(drop, torch.full_like(idx, self.empty_row), variant * self.n + idx)
+        return lat, rows
+
+
+class TextEmbeddings:
+    """Frozen text-encoder outputs by caption row, cached when all distinct rows fit in
+    `limit_bytes` (templated fashion captions repeat a lot); computed per batch otherwise.
+    The encoder is frozen and in eval mode, so a cached embedding equals a recomputed one."""
+
+    def __init__(self, text_encoder, token_ids: torch.Tensor, device: torch.device, limit_bytes: int = 1 << 30):
+        self.encoder, self.token_ids, self.device = text_encoder, token_ids, device
+        uniq, self.inverse = torch.unique(token_ids, dim=0, return_inverse=True)
+        dtype = next(text_encoder.parameters()).dtype
+        size = len(uniq) * token_ids.shape[1] * text_encoder.config.hidden_size * dtype.itemsize
+        self.table = diffusion.encode_text(text_encoder, uniq).to(device) if size <= limit_bytes else None
+        log.info("text embeddings: %d distinct captions of %d rows, %s", len(uniq), len(token_ids),
+                 f"cached ({size / 2**20:.1f} MiB)" if self.table is not None else "computed per step")
+
+    @torch.no_grad()
+    def __call__(self, rows: torch.Tensor) -> torch.Tensor:
+        if self.table is not None:
+            return self.table[self.inverse[rows].to(self.device)]
+        return self.encoder(self.token_ids[rows].to(self.device))[0]
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -294,6 +314,7 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
         raise UserError(f"{latent_dir}: no val latents; validation needs some (filter.val_fraction)")
     batches = LatentBatches(train_lat, [it["caption"] for it in train_items], base.tokenizer, p, params.seed,
                             accelerator.process_index, accelerator.num_processes)
+    text = TextEmbeddings(base.text_encoder, batches.token_ids, device)
     val_ids, val_trunc = diffusion.tokenize(base.tokenizer, [it["caption"] for it in val_items])
     val_ehs = diffusion.encode_text(base.text_encoder, val_ids).float().cpu()
     plan = diffusion.fixed_eval(len(val_lat), tuple(val_lat.shape[1:]), p.val_repeats,
@@ -373,6 +394,7 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
     gen_cuda = device.type == "cuda"
     stop_reason = "max_steps"
     t_start = time.perf_counter()
+    side_seconds = 0.0  # validation and checkpoints inside the loop: reported apart from step speed
     steps_at_start = state.step
     bar = tqdm(total=p.max_steps, initial=state.step, desc="train", unit="step", disable=not main_proc,
                mininterval=1.0)
@@ -382,14 +404,13 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
         step = state.step
         for micro in range(p.gradient_accumulation):
             micro_step = step * p.gradient_accumulation + micro
-            lat, ids = batches.batch(micro_step)
+            lat, rows = batches.batch(micro_step)
             gen = torch.Generator().manual_seed(step_seed(params.seed, micro_step, 3 + accelerator.process_index))
             t = torch.randint(0, base.noise_scheduler.config.num_train_timesteps, (len(lat),), generator=gen)
             noise = diffusion.sample_noise(lat, p.noise_offset, gen)
             lat, noise, t = lat.to(device, weight_dtype), noise.to(device, weight_dtype), t.to(device)
             with accelerator.accumulate(unet):
-                with torch.no_grad():
-                    ehs = base.text_encoder(ids.to(device))[0]
+                ehs = text(rows)
                 with accelerator.autocast():
                     loss = diffusion.training_loss(unet, base.noise_scheduler, lat, noise, t, ehs, p.min_snr_gamma)
                 accelerator.backward(loss)
@@ -412,12 +433,14 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
         if not math.isfinite(loss_v):
             raise UserError(f"loss became {loss_v} at step {state.step}; lower train.learning_rate "
                             "or use train.mixed_precision: bf16/no")
+        t_side = time.perf_counter()
         if state.step % p.val_every == 0 or state.step == p.max_steps:
             validate(state.step)
             if state.early.stop:
                 stop_reason = "early_stopping"
         if main_proc and (state.step % p.checkpoint_every == 0 or state.step == p.max_steps or state.early.stop):
             _save_checkpoint(ckpt_path, state, raw_unet, optimizer.optimizer, scheduler, scaler, fp)
+        side_seconds += time.perf_counter() - t_side
         if gen_cuda and state.step == 1:
             torch.cuda.reset_peak_memory_stats()
     bar.close()
@@ -450,7 +473,8 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
                 k.rsplit(".lora_", 1)[0] for k in last}),
             "truncated_captions": {"train": batches.truncated, "val": val_trunc},
             "resumed_from_step": steps_at_start or None,
-            "seconds": round(seconds, 2), "steps_per_second": round(steps_run / seconds, 3) if seconds else None,
+            "seconds": round(seconds, 2), "seconds_validation_and_checkpoints": round(side_seconds, 2),
+            "steps_per_second": round(steps_run / (seconds - side_seconds), 3) if steps_run else None,
             "peak_memory_mib": _peak_memory_mib(device), "system": info, "params": to_dict(p),
             "val_history": state.history,
         }

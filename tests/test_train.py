@@ -311,3 +311,22 @@ def test_adamw8bit_without_bitsandbytes_is_a_clear_error(tmp_path, tiny_base, la
         pytest.fail("bitsandbytes is installed here; this test checks the error when it is missing")
     with pytest.raises(UserError, match="bitsandbytes"):
         train(_params(optimizer="adamw8bit"), tiny_base, latent_dir, _outputs(tmp_path))
+
+
+def test_batches_rows_and_cached_text_embeddings(tiny_base):
+    from fashion_lora.training import LatentBatches, TextEmbeddings
+
+    p = _params()
+    p = replace(p, train=replace(p.train, captions=replace(p.train.captions, dropout_prob=0.3, quality_prob=0.3)))
+    base = load_base(tiny_base, torch.device("cpu"))
+    caps = [CAPTIONS[i % 3] for i in range(10)]
+    b = LatentBatches(torch.randn(10, 4, 8, 8), caps, base.tokenizer, p.train, seed=0)
+    assert b.token_ids.shape == (10 * (1 + len(p.train.captions.quality_terms)) + 1, 77)
+    rows = torch.cat([b.batch(s)[1] for s in range(30)])
+    assert (rows == b.empty_row).any() and (rows >= 10).any() and (rows < 10).any()  # all three variants occur
+    assert torch.equal(b.batch(7)[0], b.batch(7)[0]) and torch.equal(b.batch(7)[1], b.batch(7)[1])
+    cached = TextEmbeddings(base.text_encoder, b.token_ids, torch.device("cpu"))
+    fresh = TextEmbeddings(base.text_encoder, b.token_ids, torch.device("cpu"), limit_bytes=0)
+    assert cached.table is not None and fresh.table is None
+    assert len(cached.table) == 3 * (1 + len(p.train.captions.quality_terms)) + 1  # distinct captions only
+    assert torch.allclose(cached(rows[:8]), fresh(rows[:8]), atol=1e-6)
