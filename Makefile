@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test test-fast plots-template
+.PHONY: setup demo test test-fast bench plots-template
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -15,6 +15,14 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 setup: $(VENV)/.installed
+
+# Benchmarks (minutes on 2 cores); results in reports/bench/, table into README.md.
+bench: setup
+	python -m benchmarks.data_throughput
+	python -m benchmarks.train_step
+	python -m benchmarks.dvc_overhead
+	python -m benchmarks.memory
+	python -m benchmarks.readme_table
 
 # Rebuild the committed offline plots page after changing the pins in tools/plots/package.json.
 plots-template:

@@ -10,6 +10,7 @@ import gzip
 import importlib.util
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -127,7 +128,8 @@ def provision_base(base: str, seed: int, out_dir: Path) -> dict:
     """Write the base model named by `model.base` into `out_dir` (a diffusers folder)."""
     local = Path(base).expanduser()
     if base == "tiny":
-        pipe = build_tiny(seed, out_dir.parent / f".{out_dir.name}.work")
+        with tempfile.TemporaryDirectory() as work:  # the tokenizer's source files; saved with the pipeline
+            pipe = build_tiny(seed, Path(work))
         kind = "tiny"
     elif local.exists():
         if not (local / "model_index.json").is_file():

@@ -26,7 +26,7 @@ from .base import load_base
 from .latents import load_latents
 from .lora import attach_lora, keep_lora_fp32, lora_state
 from .params import Params, TrainParams, to_dict
-from .utils import UserError, atomic_dir, atomic_torch_save, canonicalize_safetensors, resolve_device
+from .utils import UserError, atomic_dir, atomic_torch_save, atomic_write_text, canonicalize_safetensors, resolve_device
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -501,7 +501,7 @@ def _truncate_live(live_dir: Path, step: int) -> None:
             continue
         col = lines[0].split("\t").index("step")
         keep = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[col]) <= step]
-        tsv.write_text("\n".join(keep) + "\n")
+        atomic_write_text(tsv, "\n".join(keep) + "\n")
 
 
 def _log_sample(live, base, unet, p: TrainParams, resolution: int, step: int) -> None:

@@ -1,5 +1,6 @@
 """generate stage: prompts x steps, base vs LoRA with the same seeds -> reports/generate/."""
 
+import io
 import logging
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ from tqdm import tqdm
 from fashion_lora.lora import load_pipeline
 from fashion_lora.params import load_params
 from fashion_lora.pipeline import generate_image, grid, lora_enabled, slug
-from fashion_lora.utils import atomic_dir, resolve_device, run_stage, write_json
+from fashion_lora.utils import atomic_dir, atomic_write_bytes, resolve_device, run_stage, write_json
 
 log = logging.getLogger("stages.generate")
 IMAGES = Path("reports/generate/images")
@@ -38,9 +39,9 @@ def main() -> None:
             bar.update(1)
     for i, prompt in enumerate(g.prompts):
         rows.append((prompt, [(f"{s} steps {m}", images[i, s, m]) for s in g.steps for m in ("base", "lora")]))
-    sheet = grid(rows)
-    GRID.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(GRID)
+    buf = io.BytesIO()
+    grid(rows).save(buf, format="PNG")
+    atomic_write_bytes(GRID, buf.getvalue())
     write_json(METRICS, {"seconds_per_image": {f"steps_{s}": round(sum(v) / len(v), 4) for s, v in seconds.items()},
                          "images": len(jobs), "device": str(device)})
     log.info("wrote %d images and %s; seconds/image %s", len(jobs), GRID,
