@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 import time
@@ -10,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-OUT = Path("reports/bench")
+OUT = Path(os.environ.get("BENCH_OUT", "reports/bench"))  # the smoke test writes elsewhere
 
 
 def timed(fn: Callable[[], object], reps: int) -> dict:
@@ -24,8 +25,6 @@ def timed(fn: Callable[[], object], reps: int) -> dict:
 
 
 def machine() -> dict:
-    import os
-
     import torch
 
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),

@@ -1,0 +1,26 @@
+"""The benchmark scripts keep working (tiny sizes; the figures themselves come from `make bench`)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("module,args,key", [
+    ("benchmarks.data_throughput", ["--count", "60", "--reps", "1", "--no-deepfashion-size"], "filter"),
+    ("benchmarks.train_step", ["--steps", "3", "--reps", "1", "--resolutions", "64"], "64"),
+    ("benchmarks.memory", ["--sizes", "40", "60", "--skip-sd15"], "data"),
+])
+def test_benchmark_runs_and_writes_json(tmp_path, module, args, key):
+    env = {**os.environ, "BENCH_OUT": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((tmp_path / f"{module.split('.')[1]}.json").read_text())
+    assert key in out and out["machine"]["cores"] >= 1
