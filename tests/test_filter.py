@@ -133,3 +133,33 @@ def test_captions_json_errors_name_the_file(tmp_path):
     bad.write_text(json.dumps(["a", "b"]))
     with pytest.raises(UserError, match="JSON object"):
         load_captions(bad)
+
+
+def test_filter_stage_export_zip_and_report(tmp_path):
+    """The filter stage end to end on synthetic data, with the optional zip export on."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    import pandas as pd
+    import yaml
+
+    from fashion_lora import synthetic
+    from tests.conftest import REPO, raw_params
+
+    for d in ("stages", "fashion_lora"):
+        shutil.copytree(REPO / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params(**{"filter.export_zip": True})))
+    synthetic.generate(tmp_path / "data/raw", 40, seed=2)
+    proc = subprocess.run([sys.executable, "-m", "stages.filter"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "kept" in proc.stderr  # the one-line summary
+    df = pd.read_csv(tmp_path / "data/fashion_data.csv", keep_default_na=False)
+    report = json.loads((tmp_path / "reports/filter.json").read_text())
+    assert report["kept"] == len(df) and report["train"] + report["val"] == len(df)
+    assert report["input_captions"] == report["passed_rules"] + sum(
+        v for k, v in report["dropped"].items() if k != "missing_caption")
+    with zipfile.ZipFile(tmp_path / "data/export/fashion_subset.zip") as zf:
+        names = set(zf.namelist())
+    assert "fashion_data.csv" in names and {f"images/{n}" for n in df.image_name} <= names

@@ -69,6 +69,13 @@ def test_noop_repro_and_clean_status(repo):
     assert git(repo, "status", "--porcelain").stdout.strip() == ""  # no stray files for git
 
 
+def test_dvc_doctor_and_no_analytics(repo):
+    proc = dvc(repo, "doctor")
+    assert "DVC version" in proc.stdout and "ERROR" not in proc.stderr
+    assert dvc(repo, "config", "core.analytics").stdout.strip() == "false"
+    assert dvc(repo, "config", "core.check_update").stdout.strip() == "false"
+
+
 def test_metrics_show_base_vs_lora(repo):
     out = json.loads(dvc(repo, "metrics", "show", "--json").stdout)
     flat = json.dumps(out)
