@@ -368,8 +368,9 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
 
     def validate(step: int) -> dict:
         raw_unet.eval()
-        mse, mae = diffusion.eval_losses(raw_unet, base.noise_scheduler, val_lat, val_ehs, plan,
-                                         batch_size=max(p.batch_size, 16))
+        with accelerator.autocast():  # a half-precision base with fp32 LoRA needs autocast on GPU
+            mse, mae = diffusion.eval_losses(raw_unet, base.noise_scheduler, val_lat, val_ehs, plan,
+                                             batch_size=max(p.batch_size, 16))
         raw_unet.train()
         metrics = diffusion.summarize(mse, mae)
         improved = state.early.update(metrics["mse"], step)
@@ -383,7 +384,8 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
         log.info("step %d: val MSE %.5f MAE %.5f std %.5f%s", step, metrics["mse"], metrics["mae"],
                  metrics["loss_std"], " (best)" if improved else f" (no improvement x{state.early.bad})")
         if live is not None and p.samples.every and (len(state.history) - 1) % p.samples.every == 0:
-            _log_sample(live, base, raw_unet, p, resolution, step)
+            with accelerator.autocast():
+                _log_sample(live, base, raw_unet, p, resolution, step)
         if on_validation:
             on_validation(step, metrics)
         return metrics

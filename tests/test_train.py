@@ -330,3 +330,16 @@ def test_batches_rows_and_cached_text_embeddings(tiny_base):
     assert cached.table is not None and fresh.table is None
     assert len(cached.table) == 3 * (1 + len(p.train.captions.quality_terms)) + 1  # distinct captions only
     assert torch.allclose(cached(rows[:8]), fresh(rows[:8]), atol=1e-6)
+
+
+def test_bf16_mixed_precision_training_runs_end_to_end(tmp_path, tiny_base, latent_dir):
+    """The mixed-precision code path (half base, fp32 LoRA, autocast in train and validation),
+    exercised on CPU with bf16 since fp16 needs a GPU."""
+    report = train(_params(device="cpu", mixed_precision="bf16", max_steps=6, val_every=3), tiny_base, latent_dir,
+                   _outputs(tmp_path))
+    assert report["system"]["mixed_precision"] == "bf16"
+    assert all(math.isfinite(h["mse"]) for h in report["val_history"])
+    from safetensors.torch import load_file
+
+    weights = load_file(str(tmp_path / "lora" / LORA_WEIGHTS))
+    assert {v.dtype for v in weights.values()} == {torch.float32}
