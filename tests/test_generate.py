@@ -100,3 +100,31 @@ def test_fused_export_matches_adapter(tmp_path, tiny_base, trained):
     with torch.no_grad():
         assert (fused.unet(x, t, ehs).sample - adapter.unet(x, t, ehs).sample).abs().max() < 1e-4
     assert not any("lora" in k for k in fused.unet.state_dict())
+
+
+def test_clip_score_with_a_local_model_and_clear_errors(tmp_path):
+    """CLIP score is off by default (None), names the param when the folder is wrong, and runs
+    with a local CLIP folder (a tiny random one here: the score's value means nothing)."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from fashion_lora.base import build_clip_tokenizer
+    from fashion_lora.evaluation import clip_score
+    from fashion_lora.utils import UserError
+
+    img = [Image.new("RGB", (64, 64), "red")]
+    assert clip_score(None, img, ["a red dress"]) is None
+    with pytest.raises(UserError, match="evaluate.clip_model"):
+        clip_score(str(tmp_path / "missing"), img, ["a red dress"])
+    cfg = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                      num_attention_heads=2, vocab_size=49408, eos_token_id=49407),
+                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                        num_attention_heads=2, image_size=32, patch_size=8),
+                     projection_dim=16)
+    torch.manual_seed(0)
+    CLIPModel(cfg).save_pretrained(tmp_path / "clip")
+    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                            crop_size={"height": 32, "width": 32}),
+                         tokenizer=build_clip_tokenizer(tmp_path / "tok"))
+    proc.save_pretrained(tmp_path / "clip")
+    score = clip_score(str(tmp_path / "clip"), img * 2, ["a red dress", "a blue shirt"])
+    assert isinstance(score, float) and -100 <= score <= 100
