@@ -32,6 +32,10 @@ def table() -> str:
                          f"steps/s ({r['speedup_vs_reference']:.2f}x)"))
             rows.append((f"our full step / limit (UNet fwd+bwd+AdamW alone), {res} px",
                          f"{r['ours_over_limit']:.3f}"))
+            if rest := r.get("rest_of_step_ms"):
+                rows.append((f"  where the rest goes, {res} px (limit step "
+                             f"{1000 * r['limit_s_per_step']['median']:.1f} ms)",
+                             ", ".join(f"{k.removesuffix('_ms').replace('_', ' ')} {v:.2f} ms" for k, v in rest.items())))
     if dt := _load("data_throughput"):
         machine = machine or dt["machine"]
         for k in ("filter", "precompute"):

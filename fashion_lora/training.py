@@ -501,8 +501,11 @@ def _truncate_live(live_dir: Path, step: int) -> None:
         lines = tsv.read_text().splitlines()
         if not lines:
             continue
-        col = lines[0].split("\t").index("step")
-        keep = [lines[0]] + [ln for ln in lines[1:] if int(ln.split("\t")[col]) <= step]
+        header = lines[0].split("\t")
+        col = header.index("step")
+        # A kill can leave a half-written last row: keep only complete rows up to the checkpoint.
+        keep = [lines[0]] + [ln for ln in lines[1:] if len(ln.split("\t")) == len(header)
+                             and ln.split("\t")[col].isdigit() and int(ln.split("\t")[col]) <= step]
         atomic_write_text(tsv, "\n".join(keep) + "\n")
 
 

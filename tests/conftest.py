@@ -132,3 +132,13 @@ def render_offline(page: Path) -> str:
             capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """train() builds an Accelerator; accelerate keeps its state per process, so tests that
+    train with different mixed precision in one pytest process start from a clean state."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)

@@ -221,6 +221,8 @@ def test_checkpoint_from_other_params_is_not_reused(tmp_path, tiny_base, latent_
         report = train(p2, tiny_base, latent_dir, _outputs(tmp_path))
     assert report["resumed_from_step"] is None
     assert "different train params" in caplog.text
+    # a fresh (not resumed) run starts its dvclive curves anew, even in a kept folder
+    assert len((tmp_path / "live/plots/metrics/train/loss.tsv").read_text().splitlines()) == 1 + 4
 
 
 def test_train_report_and_val_beats_base(tmp_path, tiny_base, latent_dir):
