@@ -14,6 +14,11 @@ from typing import Callable
 OUT = Path(os.environ.get("BENCH_OUT", "reports/bench"))  # the smoke test writes elsewhere
 
 
+def stats(times: list[float]) -> dict:
+    """Min and median seconds of repeated measurements."""
+    return {"min_s": min(times), "median_s": statistics.median(times), "reps": len(times)}
+
+
 def timed(fn: Callable[[], object], reps: int) -> dict:
     """Run `fn` `reps` times; min and median seconds."""
     times = []
@@ -21,7 +26,7 @@ def timed(fn: Callable[[], object], reps: int) -> dict:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
-    return {"min_s": min(times), "median_s": statistics.median(times), "reps": reps}
+    return stats(times)
 
 
 def machine() -> dict:

@@ -11,7 +11,6 @@ import argparse
 import functools
 import json
 import multiprocessing as mp
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import timed, write
+from benchmarks.common import stats, timed, write
 from fashion_lora import synthetic
 from fashion_lora.base import load_base, provision_base
 from fashion_lora.filtering import filter_entries
@@ -32,10 +31,6 @@ from fashion_lora.utils import setup_logging
 
 def _prep(path, p):
     return prepare(0, path, p)
-
-
-def _stats(times: list[float]) -> dict:
-    return {"min_s": min(times), "median_s": statistics.median(times), "reps": len(times)}
 
 
 def _upscale(folder: Path) -> None:
@@ -74,8 +69,8 @@ def main(argv=None) -> None:
                                  capture_output=True, text=True, check=True).stdout
             return float(out.strip().splitlines()[-1])
 
-        f_naive = _stats([filter_run(0) for _ in range(args.reps)])
-        f_ours = _stats([filter_run(2) for _ in range(args.reps)])
+        f_naive = stats([filter_run(0) for _ in range(args.reps)])
+        f_ours = stats([filter_run(2) for _ in range(args.reps)])
 
         provision_base("tiny", 0, root / "base")
         vae = load_base(root / "base", torch.device("cpu")).vae

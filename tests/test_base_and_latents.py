@@ -1,6 +1,5 @@
 import hashlib
 import pickle
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

@@ -1,9 +1,6 @@
-import json
 import subprocess
 import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
