@@ -72,7 +72,7 @@ def main(argv=None) -> None:
         f_naive = stats([filter_run(0) for _ in range(args.reps)])
         f_ours = stats([filter_run(2) for _ in range(args.reps)])
 
-        provision_base("tiny", 0, root / "base")
+        provision_base("tiny-random", 0, root / "base")
         vae = load_base(root / "base", torch.device("cpu")).vae
         kept, _, _ = filter_entries(captions, images, replace(fp, workers=1))
         paths = [str(images / k["image_name"]) for k in kept][:500]

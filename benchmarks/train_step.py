@@ -176,7 +176,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         synthetic.generate(root, 160, seed=3)
-        provision_base("tiny", 0, root / "base")
+        provision_base("tiny-random", 0, root / "base")
         for res in args.resolutions:
             latent_dir, rows = build_data(root, params, res)
             train_lat, _ = load_latents(latent_dir, "train")

@@ -84,8 +84,39 @@ class DataParams:
 
 # ----------------------------------------------------------------------------- model
 @dataclass(frozen=True)
+class PretrainParams:
+    """How the base_model stage pretrains `model.base: tiny` (ignored for any other base)."""
+
+    images: int  # synthetic images drawn for pretraining, from their own seed
+    holdout: int  # of those, kept out of training to measure the VAE's PSNR
+    seed_offset: int  # added to `seed`; differs from data.synthetic.seed_offset so no image is shared
+    neutral_word: str  # replaces every colour word in the base's captions (the withheld attribute)
+    vae_steps: int
+    vae_batch_size: int
+    vae_learning_rate: float
+    kl_weight: float  # weight of the KL term against the per-pixel reconstruction MSE
+    unet_steps: int
+    unet_batch_size: int
+    unet_learning_rate: float
+    caption_dropout: float  # fraction of empty captions, so classifier-free guidance works
+
+    def validate(self) -> None:
+        _check(self.images >= 2, "model.pretrain.images", "must be >= 2")
+        _check(1 <= self.holdout < self.images, "model.pretrain.holdout", "must be >= 1 and < model.pretrain.images")
+        _check(bool(self.neutral_word.strip()) and self.neutral_word.isalpha(), "model.pretrain.neutral_word",
+               "must be one word of letters")
+        for key in ("vae_steps", "vae_batch_size", "unet_steps", "unet_batch_size"):
+            _check(getattr(self, key) > 0, f"model.pretrain.{key}", "must be > 0")
+        for key in ("vae_learning_rate", "unet_learning_rate"):
+            _check(0 < getattr(self, key) < 1, f"model.pretrain.{key}", "must be in (0, 1)")
+        _check(self.kl_weight >= 0, "model.pretrain.kl_weight", "must be >= 0")
+        _check(0 <= self.caption_dropout < 1, "model.pretrain.caption_dropout", "must be in [0, 1)")
+
+
+@dataclass(frozen=True)
 class ModelParams:
-    base: str  # 'tiny' | a hub id | a local diffusers folder
+    base: str  # 'tiny' (pretrained here) | 'tiny-random' | a hub id | a local diffusers folder
+    pretrain: PretrainParams
 
 
 # ----------------------------------------------------------------------------- filter
@@ -319,6 +350,7 @@ class Params:
     def validate(self) -> None:
         _check(self.seed >= 0, "seed", "must be >= 0")
         _check(bool(self.model.base), "model.base", "must not be empty")
+        self.model.pretrain.validate()
         for f in fields(self):
             section = getattr(self, f.name)
             if hasattr(section, "validate"):

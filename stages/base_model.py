@@ -1,10 +1,12 @@
-"""base_model stage: write the base model named by `model.base` to models/base/ (diffusers folder)."""
+"""base_model stage: write the base model named by `model.base` to models/base/ (diffusers folder);
+`tiny` is pretrained here on synthetic data of its own seed (a few minutes on 2 CPU cores)."""
 
 import logging
 from pathlib import Path
 
 from fashion_lora.base import provision_base
 from fashion_lora.params import load_params
+from fashion_lora.pretrain import provision_tiny
 from fashion_lora.utils import atomic_dir, run_stage, write_json
 
 log = logging.getLogger("stages.base_model")
@@ -14,7 +16,10 @@ OUT = Path("models/base")
 def main() -> None:
     params = load_params()
     with atomic_dir(OUT) as tmp:
-        info = provision_base(params.model.base, params.seed, tmp)
+        if params.model.base == "tiny":
+            info = provision_tiny(params.seed, tmp, params.model.pretrain, params.precompute.resolution)
+        else:
+            info = provision_base(params.model.base, params.seed, tmp)
     write_json("reports/base_model.json", info)
     log.info("models/base ready: %s", info)
 

@@ -21,7 +21,7 @@ def _fmt(v) -> str:
 def main() -> None:
     ev, tr, gen = (_load(p) for p in ("reports/evaluate/metrics.json", "reports/train_report.json",
                                       "reports/generate/metrics.json"))
-    flt, pre = _load("reports/filter.json"), _load("reports/precompute.json")
+    flt, pre, base = (_load(p) for p in ("reports/filter.json", "reports/precompute.json", "reports/base_model.json"))
     lines = [
         "# Results of the last `dvc repro`",
         "",
@@ -50,6 +50,17 @@ def main() -> None:
             "",
             f"Chance level: {a['chance']:.2f} ({a['images_per_model']} images per model). "
             "![attribute sheet](evaluate/attribute_sheet.png)",
+            "",
+        ]
+    if "vae_psnr_db" in base:  # model.base: tiny, pretrained by the base_model stage
+        lines += [
+            "## Base model (pretrained by the base_model stage)",
+            "",
+            f"- VAE: {base['vae_psnr_db']:.2f} dB PSNR on {base['holdout_images']} held-out synthetic images "
+            f"(random init: {base['vae_psnr_random_init_db']:.2f} dB)",
+            f"- UNet ({base['prediction_type']}): trained on {base['pretrain_images']} synthetic images whose "
+            f"captions had the colour attribute withheld ({base['withheld']}); final loss "
+            f"{_fmt(base['unet_final_loss'])}",
             "",
         ]
     lines += [

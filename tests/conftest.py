@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Small but complete settings for end-to-end runs of the real pipeline in a temp copy.
 SMALL = {
+    "model.base": "tiny-random",  # the pretrained default takes minutes; its own tests are in test_pretrain
     "data.synthetic.count": 80,
     "train.max_steps": 20,
     "train.val_every": 10,
@@ -62,7 +63,7 @@ def tiny_base(tmp_path_factory) -> Path:
     from fashion_lora.base import provision_base
 
     out = tmp_path_factory.mktemp("tiny") / "base"
-    provision_base("tiny", 42, out)
+    provision_base("tiny-random", 42, out)
     return out
 
 

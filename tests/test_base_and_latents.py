@@ -27,7 +27,7 @@ def _tree_hash(folder: Path) -> dict:
 
 
 def test_tiny_builds_identically_and_round_trips(tmp_path, tiny_base):
-    provision_base("tiny", 42, tmp_path / "again")
+    provision_base("tiny-random", 42, tmp_path / "again")
     assert _tree_hash(tmp_path / "again") == _tree_hash(tiny_base)
     base = load_base(tiny_base, torch.device("cpu"))
     names = {n for n, _ in base.unet.named_modules()}

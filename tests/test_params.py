@@ -13,10 +13,14 @@ def test_default_params_load(params):
     assert params.train.lora.target_modules == ["to_k", "to_q", "to_v", "to_out.0", "proj_in", "proj_out",
                                                 "conv1", "conv2"]
     assert params.data.deepfashion.images_id == "1U2PljA7NE57jcSSzPs21ZurdIPXdYZtN"
-    assert params.generate.steps == [20, 30, 50] and params.generate.guidance_scale == 12.0
+    assert params.generate.steps == [20, 30, 50] and params.generate.guidance_scale == 7.5
+    assert params.model.pretrain.neutral_word == "colored" and params.model.pretrain.holdout < params.model.pretrain.images
 
 
 @pytest.mark.parametrize("key,value,fragment", [
+    ("model.pretrain.holdout", 5000, "model.pretrain.holdout"),
+    ("model.pretrain.neutral_word", "two words", "model.pretrain.neutral_word"),
+    ("model.pretrain.vae_learning_rate", 0.0, "model.pretrain.vae_learning_rate"),
     ("filter.val_fraction", 1.5, "filter.val_fraction"),
     ("filter.val_fraction", 0, "filter.val_fraction"),
     ("data.synthetic.count", -3, "data.synthetic.count"),

@@ -1,0 +1,181 @@
+"""Pretraining of the tiny base (`model.base: tiny`) so the offline demo draws garments.
+
+On synthetic images of their own seed (never the fine-tuning data):
+- the VAE learns to autoencode them (reconstruction from the posterior mean + a small KL);
+- the UNet learns text-conditioned denoising on captions whose colour words are all replaced
+  by one neutral word, so the base draws garments but cannot follow a colour in a prompt.
+  That withheld attribute is what the LoRA has to learn from the fine-tuning captions.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import diffusion
+from .base import build_tiny
+from .images import resize_crop
+from .params import PretrainParams
+from .synthetic import COLORS, VIEWS, caption_for, random_garments, render
+
+log = logging.getLogger(__name__)
+# Every colour name the synthetic captions can hold (and the usual spelling variant).
+COLOR_WORDS = re.compile(r"\b(" + "|".join(sorted(set(COLORS) | {"gray"})) + r")\b", re.IGNORECASE)
+
+
+def withhold(caption: str, neutral_word: str) -> str:
+    """The caption with every colour word replaced by `neutral_word`."""
+    return COLOR_WORDS.sub(neutral_word, caption)
+
+
+def corpus(count: int, seed: int, resolution: int) -> tuple[torch.Tensor, list[str]]:
+    """`count` synthetic images as float [-1, 1] NCHW at `resolution` (centre crop, as precompute
+    does) and their full captions. Same size distribution as the download stage's images."""
+    rng = random.Random(seed)
+    pixels, captions = [], []
+    for _ in tqdm(range(count), desc="pretrain data", unit="img", mininterval=2):
+        g = random_garments(rng)
+        width = rng.randint(256, 320)
+        img = render(g, (width, round(width * 1.47)), rng.choice(VIEWS), rng)
+        pixels.append(np.asarray(resize_crop(img, resolution, "center")[0]))
+        captions.append(caption_for(g))
+    x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return x, captions
+
+
+def _cosine(opt: torch.optim.Optimizer, steps: int, warmup: int = 50) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: min(1.0, (k + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
+
+
+@torch.no_grad()
+def psnr(vae, x: torch.Tensor, batch_size: int = 64) -> float:
+    """PSNR (dB, images in [0, 1]) of decode(encode mean) against `x`."""
+    vae.eval()
+    se = 0.0
+    for s in range(0, len(x), batch_size):
+        xb = x[s:s + batch_size]
+        rec = vae.decode(vae.encode(xb).latent_dist.mean).sample.clamp(-1, 1)
+        se += float(((rec - xb) / 2).pow(2).sum())
+    return 10 * math.log10(1.0 / (se / x.numel()))
+
+
+def train_vae(vae, x: torch.Tensor, p: PretrainParams, seed: int) -> float:
+    """Autoencoder training; returns the last loss.
+
+    The decoder sees the posterior mean, not a sample: with a freshly initialised log-variance
+    (std ~1) sampled latents are so noisy that the decoder learns blurred, colour-averaged
+    images (measured: 1.0 dB lower PSNR at equal time). Precompute stores the mean too.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=p.vae_learning_rate, weight_decay=0.0)
+    sched = _cosine(opt, p.vae_steps)
+    vae.train()
+    loss = torch.tensor(0.0)
+    bar = tqdm(range(p.vae_steps), desc="pretrain vae", unit="step", mininterval=2)
+    for _ in bar:
+        xb = x[torch.randint(0, len(x), (p.vae_batch_size,), generator=gen)]
+        dist = vae.encode(xb).latent_dist
+        rec = vae.decode(dist.mean).sample
+        kl = dist.kl().mean() / dist.mean[0].numel()  # per latent element, like the MSE per pixel
+        loss = F.mse_loss(rec, xb) + p.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    vae.eval()
+    return loss.item()
+
+
+@torch.no_grad()
+def encode_scaled(vae, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    """Posterior means, rescaled to unit std; the factor is stored in the VAE config
+    (`scaling_factor`), where every SD pipeline reads it."""
+    lat = torch.cat([vae.encode(x[s:s + batch_size]).latent_dist.mean for s in range(0, len(x), batch_size)])
+    factor = float(1.0 / lat.std())
+    vae.register_to_config(scaling_factor=factor)
+    return lat * factor
+
+
+def train_unet(unet, text_encoder, tokenizer, noise_scheduler, latents: torch.Tensor, captions: list[str],
+               p: PretrainParams, seed: int) -> float:
+    """Full text-conditioned denoiser training (all UNet weights); returns the mean loss of the
+    last 10% of steps. Frozen text-encoder outputs are computed once per caption."""
+    ids, _ = diffusion.tokenize(tokenizer, captions + [""])
+    with torch.no_grad():
+        ehs = diffusion.encode_text(text_encoder, ids)
+    empty, ehs = ehs[-1:], ehs[:-1]
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(unet.parameters(), lr=p.unet_learning_rate, weight_decay=0.01)
+    sched = _cosine(opt, p.unet_steps)
+    T = noise_scheduler.config.num_train_timesteps
+    unet.train()
+    tail: list[float] = []
+    bar = tqdm(range(p.unet_steps), desc="pretrain unet", unit="step", mininterval=2)
+    for step in bar:
+        idx = torch.randint(0, len(latents), (p.unet_batch_size,), generator=gen)
+        z, e = latents[idx], ehs[idx].clone()
+        e[torch.rand(len(idx), generator=gen) < p.caption_dropout] = empty
+        flip = torch.rand(len(idx), generator=gen) < 0.5  # the figures are left/right symmetric
+        z = torch.where(flip[:, None, None, None], z.flip(-1), z)
+        noise = torch.randn(z.shape, generator=gen)
+        t = torch.randint(0, T, (len(idx),), generator=gen)
+        loss = diffusion.training_loss(unet, noise_scheduler, z, noise, t, e, None)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step >= p.unet_steps * 0.9:
+            tail.append(loss.item())
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    unet.eval()
+    return float(np.mean(tail)) if tail else float("nan")
+
+
+def pretrain_tiny(pipe, p: PretrainParams, seed: int, resolution: int = 64) -> dict:
+    """Pretrain the tiny pipeline's VAE and UNet in place; returns the report."""
+    from diffusers import DDPMScheduler
+
+    x, captions = corpus(p.images, seed + p.seed_offset, resolution)
+    train_x, held_x = x[:-p.holdout], x[-p.holdout:]
+    base_captions = [withhold(c, p.neutral_word) for c in captions[:-p.holdout]]
+    psnr_before = psnr(pipe.vae, held_x)
+    vae_loss = train_vae(pipe.vae, train_x, p, seed)
+    psnr_after = psnr(pipe.vae, held_x)
+    log.info("VAE: held-out PSNR %.2f dB (random init %.2f dB) on %d images", psnr_after, psnr_before, p.holdout)
+    latents = encode_scaled(pipe.vae, train_x)
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    unet_loss = train_unet(pipe.unet, pipe.text_encoder, pipe.tokenizer, noise_scheduler, latents, base_captions,
+                           p, seed)
+    log.info("UNet: final training loss %.4f (%s)", unet_loss, noise_scheduler.config.prediction_type)
+    return {"pretrain_images": len(train_x), "holdout_images": p.holdout,
+            "vae_psnr_db": round(psnr_after, 3), "vae_psnr_random_init_db": round(psnr_before, 3),
+            "vae_final_loss": round(vae_loss, 5), "latent_scaling_factor": round(pipe.vae.config.scaling_factor, 6),
+            "unet_final_loss": round(unet_loss, 5), "prediction_type": noise_scheduler.config.prediction_type,
+            "withheld": "colour words -> " + p.neutral_word}
+
+
+def provision_tiny(seed: int, out_dir: Path, p: PretrainParams, resolution: int) -> dict:
+    """Build the tiny pipeline from `seed`, pretrain it at the fine-tuning `resolution`, save it.
+
+    v-prediction rather than SD1.5's epsilon: its loss keeps weight on the high-noise steps
+    where a prompt's colour is decided (epsilon weights them by the SNR, ~0.005 at t=999), and
+    an epsilon base we trained left the colour to the starting noise whatever the prompt said.
+    """
+    with tempfile.TemporaryDirectory() as work:  # the tokenizer's source files; saved with the pipeline
+        pipe = build_tiny(seed, Path(work), "v_prediction")
+    report = pretrain_tiny(pipe, p, seed, resolution)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    return {"base": "tiny", "kind": "tiny", "unet_params": sum(q.numel() for q in pipe.unet.parameters()),
+            "latent_factor": 2 ** (len(pipe.vae.config.block_out_channels) - 1), **report}
