@@ -163,8 +163,12 @@ def provision_base(base: str, seed: int, out_dir: Path) -> dict:
                             "set model.base to that folder's path") from None
         kind = "hub"
     pipe.save_pretrained(out_dir, safe_serialization=True)
-    unet = pipe.unet
-    return {"base": base, "kind": kind, "unet_params": sum(p.numel() for p in unet.parameters()),
+    return base_info(pipe, base, kind)
+
+
+def base_info(pipe, base: str, kind: str) -> dict:
+    """What reports/base_model.json records about any base."""
+    return {"base": base, "kind": kind, "unet_params": sum(p.numel() for p in pipe.unet.parameters()),
             "latent_factor": 2 ** (len(pipe.vae.config.block_out_channels) - 1)}
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import diffusion
-from .base import build_tiny
+from .base import base_info, build_tiny
 from .images import resize_crop
 from .params import PretrainParams
 from .synthetic import COLORS, VIEWS, caption_for, random_garments, render
@@ -177,5 +177,4 @@ def provision_tiny(seed: int, out_dir: Path, p: PretrainParams, resolution: int)
         pipe = build_tiny(seed, Path(work), "v_prediction")
     report = pretrain_tiny(pipe, p, seed, resolution)
     pipe.save_pretrained(out_dir, safe_serialization=True)
-    return {"base": "tiny", "kind": "tiny", "unet_params": sum(q.numel() for q in pipe.unet.parameters()),
-            "latent_factor": 2 ** (len(pipe.vae.config.block_out_channels) - 1), **report}
+    return {**base_info(pipe, "tiny", "tiny"), **report}
