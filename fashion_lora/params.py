@@ -255,6 +255,7 @@ class TrainParams:
     max_grad_norm: float
     min_snr_gamma: Optional[float]  # null = plain MSE
     noise_offset: float  # 0 = off
+    timestep_bias: float  # timestep density ~ t^(bias-1); 1 = uniform, > 1 favours high noise
     val_every: int
     val_repeats: int  # fixed (noise, timestep) draws per val latent
     checkpoint_every: int
@@ -283,6 +284,7 @@ class TrainParams:
         _check(self.min_snr_gamma is None or self.min_snr_gamma > 0, "train.min_snr_gamma",
                "must be > 0 or null")
         _check(self.noise_offset >= 0, "train.noise_offset", "must be >= 0")
+        _check(0 < self.timestep_bias <= 10, "train.timestep_bias", "must be in (0, 10] (1 = uniform)")
         _check(self.val_every >= 1, "train.val_every", "must be >= 1")
         _check(self.val_repeats >= 1, "train.val_repeats", "must be >= 1")
         _check(self.checkpoint_every >= 1, "train.checkpoint_every", "must be >= 1")
@@ -304,6 +306,7 @@ class EvaluateParams:
     batch_size: int
     attribute_prompts: int  # colour prompts generated for the attribute metric (0 = off)
     attribute_steps: int  # sampling steps for those images
+    attribute_seeds: int  # images per colour prompt (seeds seed .. seed + n - 1)
     clip_model: Optional[str]  # local CLIP folder for a CLIP score; null = off
 
     def validate(self) -> None:
@@ -312,6 +315,7 @@ class EvaluateParams:
         _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
         _check(self.attribute_prompts >= 0, "evaluate.attribute_prompts", "must be >= 0")
         _check(self.attribute_steps >= 1, "evaluate.attribute_steps", "must be >= 1")
+        _check(self.attribute_seeds >= 1, "evaluate.attribute_seeds", "must be >= 1")
 
 
 # ----------------------------------------------------------------------------- generate

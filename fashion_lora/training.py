@@ -317,8 +317,10 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
     text = TextEmbeddings(base.text_encoder, batches.token_ids, device)
     val_ids, val_trunc = diffusion.tokenize(base.tokenizer, [it["caption"] for it in val_items])
     val_ehs = diffusion.encode_text(base.text_encoder, val_ids).float().cpu()
+    # Validation draws timesteps like training does, so the best checkpoint is chosen by the
+    # objective being optimised (evaluate reports the uniform-timestep loss per band).
     plan = diffusion.fixed_eval(len(val_lat), tuple(val_lat.shape[1:]), p.val_repeats,
-                                base.noise_scheduler.config.num_train_timesteps, params.seed)
+                                base.noise_scheduler.config.num_train_timesteps, params.seed, p.timestep_bias)
     log.info("train %d latents, val %d (x%d fixed draws); %d of %d train captions truncated at %d tokens",
              len(train_lat), len(val_lat), p.val_repeats, batches.truncated, len(train_items),
              base.tokenizer.model_max_length)
@@ -408,7 +410,8 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
             micro_step = step * p.gradient_accumulation + micro
             lat, rows = batches.batch(micro_step)
             gen = torch.Generator().manual_seed(step_seed(params.seed, micro_step, 3 + accelerator.process_index))
-            t = torch.randint(0, base.noise_scheduler.config.num_train_timesteps, (len(lat),), generator=gen)
+            t = diffusion.biased_timesteps(torch.rand(len(lat), generator=gen),
+                                           base.noise_scheduler.config.num_train_timesteps, p.timestep_bias)
             noise = diffusion.sample_noise(lat, p.noise_offset, gen)
             lat, noise, t = lat.to(device, weight_dtype), noise.to(device, weight_dtype), t.to(device)
             with accelerator.accumulate(unet):

@@ -13,7 +13,7 @@ def test_default_params_load(params):
     assert params.train.lora.target_modules == ["to_k", "to_q", "to_v", "to_out.0", "proj_in", "proj_out",
                                                 "conv1", "conv2"]
     assert params.data.deepfashion.images_id == "1U2PljA7NE57jcSSzPs21ZurdIPXdYZtN"
-    assert params.generate.steps == [20, 30, 50] and params.generate.guidance_scale == 7.5
+    assert params.generate.steps == [20, 30, 50] and params.generate.guidance_scale == 3.0
     assert params.model.pretrain.neutral_word == "colored" and params.model.pretrain.holdout < params.model.pretrain.images
 
 
@@ -25,6 +25,8 @@ def test_default_params_load(params):
     ("filter.val_fraction", 0, "filter.val_fraction"),
     ("data.synthetic.count", -3, "data.synthetic.count"),
     ("data.source", "ftp", "data.source"),
+    ("train.timestep_bias", 0.0, "train.timestep_bias"),
+    ("evaluate.attribute_seeds", 0, "evaluate.attribute_seeds"),
     ("train.lora.rank", "twelve", "train.lora.rank"),
     ("train.lora.rank", 0, "train.lora.rank"),
     ("train.device", "tpu", "train.device"),

@@ -278,6 +278,18 @@ def test_fixed_eval_plan_is_stratified_and_seeded():
     assert math.isclose(float(a.timesteps.float().mean()), 500, abs_tol=30)
 
 
+def test_timestep_bias_shifts_draws_to_high_noise():
+    u = torch.rand(20000, generator=torch.Generator().manual_seed(0))
+    uniform, biased = diffusion.biased_timesteps(u, 1000, 1.0), diffusion.biased_timesteps(u, 1000, 3.0)
+    assert uniform.dtype == torch.int64 and int(uniform.min()) >= 0 and int(biased.max()) <= 999
+    assert math.isclose(float(uniform.float().mean()), 499.5, abs_tol=10)
+    assert math.isclose(float(biased.float().mean()), 749.5, abs_tol=10)  # E[u^(1/3)] = 3/4
+    assert (biased >= uniform).all()  # the same draw only moves towards noise
+    plan = diffusion.fixed_eval(10, (4, 8, 8), 10, 1000, seed=1, bias=3.0)
+    assert math.isclose(float(plan.timesteps.float().mean()), 750, abs_tol=30)
+    assert torch.equal(plan.noise, diffusion.fixed_eval(10, (4, 8, 8), 10, 1000, seed=1).noise)
+
+
 def test_samples_while_training_are_logged_per_step(tmp_path, tiny_base, latent_dir):
     base_p = small_params()
     p = _params(max_steps=4, val_every=2, samples=replace(base_p.train.samples, every=1, steps=2))
