@@ -24,7 +24,6 @@ ATTRIBUTE_PROMPT = ("The lady wears a short-sleeve {color} shirt with solid colo
                     "She wears long grey trousers with solid color patterns.")
 # Torso region of a square centre crop of the synthetic portraits (fractions of width/height).
 TORSO = (0.38, 0.16, 0.62, 0.45)
-ATTRIBUTE_SEEDS = 4
 
 
 def val_losses(pipe, latents: torch.Tensor, captions: list[str], repeats: int, bands: int, batch_size: int,
@@ -74,22 +73,26 @@ def diversity(images: list[Image.Image]) -> float:
     return float(np.mean([np.sqrt(np.mean((a - b) ** 2)) for a, b in pairs])) if pairs else 0.0
 
 
-def attribute_metrics(pipe, n_colors: int, steps: int, guidance: float, negative: str, height: int,
-                      width: int, seed: int) -> tuple[dict, dict[str, list[Image.Image]]]:
-    """Colour-following accuracy and diversity, base vs LoRA, on the same prompts and seeds."""
+def attribute_metrics(pipe, n_colors: int, n_seeds: int, steps: int, guidance: float, negative: str,
+                      height: int, width: int, seed: int) -> tuple[dict, dict[str, list[Image.Image]]]:
+    """Colour-following accuracy (overall and per colour) and diversity, base vs LoRA, on the same
+    prompts and seeds."""
     colors = list(COLORS)[:n_colors]
-    out: dict = {"chance": 1 / len(COLORS), "images_per_model": len(colors) * ATTRIBUTE_SEEDS}
+    out: dict = {"chance": 1 / len(COLORS), "images_per_model": len(colors) * n_seeds,
+                 "per_color": {c: {} for c in colors}}
     images: dict[str, list[Image.Image]] = {}
     for name, enabled in (("base", False), ("lora", True)):
         correct, divs, imgs = 0, [], []
         with lora_enabled(pipe, enabled):
             for color in colors:
                 per_prompt = [generate_image(pipe, ATTRIBUTE_PROMPT.format(color=color), negative, steps,
-                                             guidance, seed + s, height, width) for s in range(ATTRIBUTE_SEEDS)]
-                correct += sum(dominant_color(im) == color for im in per_prompt)
+                                             guidance, seed + s, height, width) for s in range(n_seeds)]
+                hits = sum(dominant_color(im) == color for im in per_prompt)
+                out["per_color"][color][name] = hits / n_seeds
+                correct += hits
                 divs.append(diversity(per_prompt))
                 imgs.extend(per_prompt)
-        out[f"{name}_accuracy"] = correct / (len(colors) * ATTRIBUTE_SEEDS)
+        out[f"{name}_accuracy"] = correct / (len(colors) * n_seeds)
         out[f"{name}_diversity"] = float(np.mean(divs))
         images[name] = imgs
     return out, images

@@ -31,8 +31,9 @@ def main() -> None:
              metrics["evaluations"])
     sheet = None
     if e.attribute_prompts:
-        attr, images = attribute_metrics(pipe, e.attribute_prompts, e.attribute_steps, g.guidance_scale,
-                                         g.negative_prompt, g.height, g.width, params.seed)
+        attr, images = attribute_metrics(pipe, e.attribute_prompts, e.attribute_seeds, e.attribute_steps,
+                                         g.guidance_scale, g.negative_prompt, g.height, g.width, params.seed)
+        per_color = attr.pop("per_color")  # its own file: 16 more metric columns would crowd `dvc exp show`
         metrics["attribute"] = attr
         log.info("colour attribute accuracy: base %.2f, LoRA %.2f (chance %.2f)", attr["base_accuracy"],
                  attr["lora_accuracy"], attr["chance"])
@@ -49,6 +50,7 @@ def main() -> None:
         write_json(tmp / "metrics.json", metrics)
         write_json(tmp / "bands.json", bands)
         if sheet is not None:
+            write_json(tmp / "attribute_per_color.json", per_color)
             sheet.save(tmp / "attribute_sheet.png")
 
 
