@@ -2,13 +2,21 @@
 
 import random
 from dataclasses import replace
+from pathlib import Path
 
+import pytest
+import torch
 from PIL import Image
 
+from fashion_lora import diffusion
 from fashion_lora.base import build_tiny
-from fashion_lora.evaluation import dominant_color
+from fashion_lora.evaluation import attribute_metrics, dominant_color
 from fashion_lora.images import resize_crop
-from fashion_lora.pretrain import COLOR_WORDS, corpus, psnr, train_vae, withhold
+from fashion_lora.latents import ShardWriter, encode
+from fashion_lora.lora import load_pipeline
+from fashion_lora.pipeline import lora_enabled
+from fashion_lora.pretrain import COLOR_WORDS, corpus, provision_tiny, psnr, train_vae, withhold
+from fashion_lora.training import Outputs, train
 from fashion_lora.synthetic import COLORS, Garments, caption_for, random_garments, render
 from tests.conftest import small_params
 
@@ -47,3 +55,73 @@ def test_pretrained_vae_beats_a_psnr_floor(tmp_path):
     train_vae(pipe.vae, train_x, p, seed=0)
     after = psnr(pipe.vae, held)
     assert after > 17.0 and after > before + 8.0, (before, after)
+
+
+def _colour_run(tmp_path: Path, seed: int) -> dict:
+    """The default demo in small: pretrain the tiny base (shorter), fine-tune the LoRA with the
+    real `train` on colour captions of other images, then measure colour accuracy, base vs LoRA."""
+    p = small_params({
+        "seed": seed, "model.base": "tiny",
+        "model.pretrain.images": 1100, "model.pretrain.holdout": 100,
+        "model.pretrain.vae_steps": 600, "model.pretrain.unet_steps": 1000,
+        "train.max_steps": 1000, "train.restart_period": 1000, "train.val_every": 250,
+        "train.checkpoint_every": 1000,
+    })
+    base_dir = tmp_path / "base"
+    provision_tiny(seed, base_dir, p.model.pretrain, 64)
+    pipe = load_pipeline(base_dir, None, torch.device("cpu"))
+    x, captions = corpus(1000, seed=seed + 7, resolution=64)  # not the pretraining images
+    latents = encode(pipe.vae, x)
+    writer = ShardWriter(tmp_path / "latents", 1024, torch.float16)
+    for i, (lat, cap) in enumerate(zip(latents, captions)):
+        writer.add(lat, {"image_name": f"{i}.jpg", "caption": cap, "split": "val" if i % 20 == 0 else "train",
+                         "crop": [0, 0, 1, 1], "orig_size": [64, 64]})
+    writer.close({"resolution": 64})
+    out = tmp_path / "run"
+    train(p, base_dir, tmp_path / "latents", Outputs(out / "lora", out / "live", out / "report.json", out / "ckpt"))
+    pipe = load_pipeline(base_dir, out / "lora", torch.device("cpu"))
+    metrics, _ = attribute_metrics(pipe, 8, 4, 20, p.generate.guidance_scale, "", 64, 64, seed)
+    held = [i for i in range(len(captions)) if i % 20 == 0]
+    for name, enabled in (("base", False), ("lora", True)):
+        with lora_enabled(pipe, enabled):
+            metrics[f"{name}_wrong_colour_loss_ratio"] = _wrong_colour_loss_ratio(
+                pipe, latents[held], [captions[i] for i in held])
+    print(f"seed {seed}: {metrics}")  # shown with pytest -s; the note quotes these figures
+    return metrics
+
+
+def _wrong_colour_loss_ratio(pipe, latents: torch.Tensor, captions: list[str]) -> float:
+    """Held-out denoising loss at high noise (t in [700, 1000), where the colour is decided) with
+    every colour word swapped for another, divided by the loss with the true captions."""
+    from diffusers import DDPMScheduler
+
+    names = list(COLORS)
+    wrong = [COLOR_WORDS.sub(lambda m: names[(names.index(m.group(0).lower()) + 5) % len(names)], c)
+             for c in captions]
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(latents.shape, generator=gen)
+    t = torch.linspace(700, 999, len(latents)).long()
+    losses = []
+    with torch.no_grad():
+        for caps in (wrong, captions):
+            ehs = diffusion.encode_text(pipe.text_encoder, diffusion.tokenize(pipe.tokenizer, caps)[0])
+            losses.append(float(diffusion.per_sample_losses(pipe.unet, scheduler, latents, noise, t, ehs)[0].mean()))
+    return losses[0] / losses[1]
+
+
+@pytest.mark.slow
+def test_lora_follows_the_colour_that_the_pretrained_base_cannot(tmp_path):
+    """End to end (about 5 minutes on 2 cores), a shorter run than the default (which reaches about
+    0.7 colour accuracy). Images: the base is near chance on colour prompts and the LoRA above it
+    (measured base 0.06 / LoRA 0.28 with seed 42, 0.09 / 0.19 with seed 1: the images of so short
+    a run are noisy, hence the small margin). Loss: with the colours in held-out captions swapped,
+    the base's high-noise loss does not change (it never learned colour words) and the LoRA's
+    rises: the less noisy proof that the LoRA learned what the base could not (seed 42: base 1.007,
+    LoRA 1.50; not measured with seed 1).
+    """
+    m = _colour_run(tmp_path, seed=42)
+    assert m["base_accuracy"] <= 0.2, m
+    assert m["lora_accuracy"] >= m["base_accuracy"] + 0.05, m
+    assert abs(m["base_wrong_colour_loss_ratio"] - 1) < 0.05, m
+    assert m["lora_wrong_colour_loss_ratio"] > 1.2, m
