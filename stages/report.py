@@ -52,12 +52,10 @@ def main() -> None:
             "![attribute sheet](evaluate/attribute_sheet.png)",
             "",
         ]
-        per_color_file = Path("reports/evaluate/attribute_per_color.json")
-        if per_color_file.is_file():
-            per_color = _load(str(per_color_file))
-            lines += ["| colour | " + " | ".join(per_color) + " |", "|---|" + "---|" * len(per_color),
-                      *(f"| {m} | " + " | ".join(_fmt(v[m]) for v in per_color.values()) + " |"
-                        for m in ("base", "lora")), ""]
+        per_color = _load("reports/evaluate/attribute_per_color.json")  # written with the attribute metrics
+        lines += ["| colour | " + " | ".join(per_color) + " |", "|---|" + "---|" * len(per_color),
+                  *(f"| {m} | " + " | ".join(_fmt(v[m]) for v in per_color.values()) + " |" for m in ("base", "lora")),
+                  ""]
     if "vae_psnr_db" in base:  # model.base: tiny, pretrained by the base_model stage
         lines += [
             "## Base model (pretrained by the base_model stage)",

@@ -70,3 +70,15 @@ def test_offline_plots_template_is_pinned_and_self_contained():
         assert f"<!-- {name} {version} -->" in page, name
     assert "{plot_divs}" in page and "{scripts}" not in page  # DVC's CDN tags are never inserted
     assert "<script src" not in page
+
+
+def test_every_pipeline_file_a_stage_names_is_a_dep_or_out():
+    """A stage that reads `reports/...` (or data/, models/) without declaring it would not rerun
+    when that file changes."""
+    for name, stage in SPEC.items():
+        tree = ast.parse((REPO / f"stages/{name}.py").read_text())
+        paths = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                 and re.fullmatch(r"(data|models|reports)/[\w./-]+", n.value)}
+        declared = [d if isinstance(d, str) else next(iter(d)) for d in stage["deps"] + stage.get("outs", [])]
+        for path in paths:
+            assert any(path == d or path.startswith(d.rstrip("/") + "/") for d in declared), (name, path)
