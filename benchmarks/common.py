@@ -29,6 +29,16 @@ def timed(fn: Callable[[], object], reps: int) -> dict:
     return stats(times)
 
 
+def seconds_per_call(fn: Callable[[int], object], calls: int, warmup: int = 0) -> float:
+    """Mean seconds of `fn(i)` over `calls` calls, after `warmup` untimed ones (i counts on)."""
+    for i in range(warmup):
+        fn(i)
+    t0 = time.perf_counter()
+    for i in range(warmup, warmup + calls):
+        fn(i)
+    return (time.perf_counter() - t0) / calls
+
+
 def machine() -> dict:
     import torch
 

@@ -23,8 +23,8 @@ from benchmarks.common import stats, timed, write
 from fashion_lora import synthetic
 from fashion_lora.base import load_base, provision_base
 from fashion_lora.filtering import filter_entries
-from fashion_lora.images import prepare
-from fashion_lora.latents import encode, iter_chunks, to_vae_input
+from fashion_lora.images import prepare, to_vae_input
+from fashion_lora.latents import encode, iter_chunks
 from fashion_lora.params import load_params
 from fashion_lora.utils import setup_logging
 
@@ -57,7 +57,7 @@ def main(argv=None) -> None:
     fp, pp = params.filter, params.precompute
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        synthetic.generate(root, args.count, seed=1)
+        synthetic.write_dataset(root, args.count, seed=1)
         if args.deepfashion_size:
             _upscale(root / "images")
         captions = json.loads((root / "captions.json").read_text())

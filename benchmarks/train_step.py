@@ -15,18 +15,17 @@ import pstats
 import shutil
 import statistics
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from benchmarks.common import write
+from benchmarks.common import seconds_per_call, write
 from fashion_lora import diffusion, synthetic
 from fashion_lora.base import load_base, provision_base
 from fashion_lora.filtering import filter_entries, sample_and_split
-from fashion_lora.images import prepare
-from fashion_lora.latents import ShardWriter, encode, load_latents, to_vae_input
+from fashion_lora.images import prepare, to_vae_input
+from fashion_lora.latents import ShardWriter, encode, load_latents
 from fashion_lora.lora import attach_lora
 from fashion_lora.params import load_params
 from fashion_lora.training import Outputs, train
@@ -57,22 +56,17 @@ def limit_loop(base_dir: Path, params, latents: torch.Tensor, steps: int) -> flo
     opt = torch.optim.AdamW([q for q in base.unet.parameters() if q.requires_grad], lr=1e-4)
     b = params.train.batch_size
     lat = latents[:b]
-    ehs = torch.randn(b, 77, base.text_encoder.config.hidden_size)
+    encoder_hidden_states = torch.randn(b, 77, base.text_encoder.config.hidden_size)
     noise, t = torch.randn_like(lat), torch.randint(0, 1000, (b,))
     base.unet.train()
 
-    def step():
-        loss = diffusion.training_loss(base.unet, base.noise_scheduler, lat, noise, t, ehs, None)
+    def step(_):
+        loss = diffusion.training_loss(base.unet, base.noise_scheduler, lat, noise, t, encoder_hidden_states, None)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(3):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - t0) / steps
+    return seconds_per_call(step, steps, warmup=3)
 
 
 def reference_loop(base_dir: Path, params, rows: list[dict], images: Path, res: int, steps: int) -> float:
@@ -92,20 +86,15 @@ def reference_loop(base_dir: Path, params, rows: list[dict], images: Path, res: 
         ids = base.tokenizer([r["caption"] for r in batch], padding="max_length", truncation=True,
                              max_length=77, return_tensors="pt").input_ids
         with torch.no_grad():
-            ehs = base.text_encoder(ids)[0]
+            encoder_hidden_states = base.text_encoder(ids)[0]
         noise = torch.randn(lat.shape, generator=gen)
         t = torch.randint(0, 1000, (b,), generator=gen)
-        loss = diffusion.training_loss(base.unet, base.noise_scheduler, lat, noise, t, ehs, None)
+        loss = diffusion.training_loss(base.unet, base.noise_scheduler, lat, noise, t, encoder_hidden_states, None)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for i in range(3):
-        step(i)
-    t0 = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    return (time.perf_counter() - t0) / steps
+    return seconds_per_call(step, steps, warmup=3)
 
 
 def ours(base_dir: Path, params, latent_dir: Path, steps: int, work: Path, profile: bool = False) -> tuple[float, str]:
@@ -140,10 +129,7 @@ def breakdown(base_dir: Path, params, latent_dir: Path, n: int = 200) -> dict:
     text = TextEmbeddings(base.text_encoder, batches.token_ids, torch.device("cpu"))
 
     def per_call(fn) -> float:
-        t0 = time.perf_counter()
-        for i in range(n):
-            fn(i)
-        return 1000 * (time.perf_counter() - t0) / n
+        return 1000 * seconds_per_call(fn, n)
 
     with tempfile.TemporaryDirectory() as tmp:
         live = Live(tmp, dvcyaml=False, save_dvc_exp=False, report=None)
@@ -175,7 +161,7 @@ def main(argv=None) -> None:
                               "ours/limit step time")]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        synthetic.generate(root, 160, seed=3)
+        synthetic.write_dataset(root, 160, seed=3)
         provision_base("tiny-random", 0, root / "base")
         for res in args.resolutions:
             latent_dir, rows = build_data(root, params, res)

@@ -166,10 +166,22 @@ def provision_base(base: str, seed: int, out_dir: Path) -> dict:
     return base_info(pipe, base, kind)
 
 
+def vae_scale_factor(vae) -> int:
+    """Pixels per latent cell: 2 per VAE down block after the first (8 for SD, as diffusers'
+    `pipe.vae_scale_factor`), read from the config so it holds for any VAE."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
 def base_info(pipe, base: str, kind: str) -> dict:
     """What reports/base_model.json records about any base."""
-    return {"base": base, "kind": kind, "unet_params": sum(p.numel() for p in pipe.unet.parameters()),
-            "latent_factor": 2 ** (len(pipe.vae.config.block_out_channels) - 1)}
+    return {"base": base, "kind": kind, "unet_params": sum(q.numel() for q in pipe.unet.parameters()),
+            "latent_factor": vae_scale_factor(pipe.vae)}
+
+
+def check_base_dir(path: Path) -> None:
+    """Stop with the fix named when `path` is not the diffusers folder the base_model stage writes."""
+    if not (path / "model_index.json").is_file():
+        raise UserError(f"{path} is not a base model folder (no model_index.json); run `dvc repro base_model`")
 
 
 @dataclass
@@ -189,8 +201,7 @@ def load_base(path: Path, device: torch.device, dtype: torch.dtype = torch.float
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    if not (path / "model_index.json").is_file():
-        raise UserError(f"{path} is not a base model folder (no model_index.json); run `dvc repro base_model`")
+    check_base_dir(path)
     kw = dict(dtype=dtype, use_safetensors=True)
     tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", **kw).to(device)

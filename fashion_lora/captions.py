@@ -1,9 +1,8 @@
-"""Caption cleaning, validation and augmentation."""
+"""Caption loading, cleaning and validation."""
 
 from __future__ import annotations
 
 import json
-import random
 import unicodedata
 from pathlib import Path
 from typing import Any, Optional
@@ -32,16 +31,6 @@ def unsafe_name_reason(name: str) -> Optional[str]:
     if name.startswith("~") or ":" in name:  # home expansion, Windows drive letters
         return "unsafe_caption_key"
     return None
-
-
-def augment_caption(caption: str, rng: random.Random, quality_terms: list[str],
-                    quality_prob: float, dropout_prob: float) -> str:
-    """Caption dropout (to "") first, else optionally append one quality term."""
-    if rng.random() < dropout_prob:
-        return ""
-    if quality_terms and rng.random() < quality_prob:
-        return f"{caption}, {rng.choice(quality_terms)}"
-    return caption
 
 
 def load_captions(path: Path) -> dict:

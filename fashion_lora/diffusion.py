@@ -53,19 +53,19 @@ def target_for(scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.T
 
 
 def per_sample_losses(unet, scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                      ehs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                      encoder_hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """UNet on noised latents; returns per-sample (MSE, MAE) in fp32, shape [b] each."""
     noisy = scheduler.add_noise(latents, noise, t)
-    pred = unet(noisy, t, ehs).sample
+    pred = unet(noisy, t, encoder_hidden_states).sample
     target = target_for(scheduler, latents, noise, t)
     diff = pred.float() - target.float()
     return diff.pow(2).mean(dim=(1, 2, 3)), diff.abs().mean(dim=(1, 2, 3))
 
 
 def training_loss(unet, scheduler, latents: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
-                  ehs: torch.Tensor, min_snr_gamma: Optional[float]) -> torch.Tensor:
+                  encoder_hidden_states: torch.Tensor, min_snr_gamma: Optional[float]) -> torch.Tensor:
     """Mean MSE on the target, optionally min-SNR weighted per sample."""
-    mse, _ = per_sample_losses(unet, scheduler, latents, noise, t, ehs)
+    mse, _ = per_sample_losses(unet, scheduler, latents, noise, t, encoder_hidden_states)
     if min_snr_gamma is not None:
         w = min_snr_weights(snr(scheduler.alphas_cumprod, t), min_snr_gamma,
                             scheduler.config.prediction_type)
@@ -100,9 +100,9 @@ def fixed_eval(n_items: int, shape: tuple[int, ...], repeats: int, num_timesteps
 
 
 @torch.no_grad()
-def eval_losses(unet, scheduler, latents: torch.Tensor, ehs: torch.Tensor, plan: FixedEval,
+def eval_losses(unet, scheduler, latents: torch.Tensor, encoder_hidden_states: torch.Tensor, plan: FixedEval,
                 batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-evaluation (MSE, MAE) for the fixed plan; `ehs[i]` is latent i's text embedding."""
+    """Per-evaluation (MSE, MAE) for the fixed plan; `encoder_hidden_states[i]` is latent i's text embedding."""
     device = next(unet.parameters()).device
     dtype = next(unet.parameters()).dtype
     mses, maes = [], []
@@ -110,7 +110,8 @@ def eval_losses(unet, scheduler, latents: torch.Tensor, ehs: torch.Tensor, plan:
         idx = plan.item[s:s + batch_size]
         lat = latents[idx].to(device, dtype)
         mse, mae = per_sample_losses(unet, scheduler, lat, plan.noise[s:s + batch_size].to(device, dtype),
-                                     plan.timesteps[s:s + batch_size].to(device), ehs[idx].to(device, dtype))
+                                     plan.timesteps[s:s + batch_size].to(device),
+                                     encoder_hidden_states[idx].to(device, dtype))
         mses.append(mse.cpu())
         maes.append(mae.cpu())
     return torch.cat(mses), torch.cat(maes)

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from . import diffusion
-from .pipeline import generate_image, lora_enabled
+from .sampling import lora_enabled, sample_image
+from .sheets import grid
 from .synthetic import COLORS
 from .utils import UserError
 
@@ -34,12 +35,13 @@ def val_losses(pipe, latents: torch.Tensor, captions: list[str], repeats: int, b
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     T = scheduler.config.num_train_timesteps
     ids, _ = diffusion.tokenize(pipe.tokenizer, captions)
-    ehs = diffusion.encode_text(pipe.text_encoder, ids).float().cpu()
+    encoder_hidden_states = diffusion.encode_text(pipe.text_encoder, ids).float().cpu()
     plan = diffusion.fixed_eval(len(latents), tuple(latents.shape[1:]), repeats, T, seed)
     results = {}
     for name, enabled in (("base", False), ("lora", True)):
         with lora_enabled(pipe, enabled):
-            mse, mae = diffusion.eval_losses(pipe.unet, scheduler, latents, ehs, plan, batch_size)
+            mse, mae = diffusion.eval_losses(pipe.unet, scheduler, latents, encoder_hidden_states, plan,
+                                               batch_size)
         results[name] = (mse, mae)
     metrics = {name: diffusion.summarize(*results[name]) for name in results}
     base, lora = metrics["base"], metrics["lora"]
@@ -85,7 +87,7 @@ def attribute_metrics(pipe, n_colors: int, n_seeds: int, steps: int, guidance: f
         correct, divs, imgs = 0, [], []
         with lora_enabled(pipe, enabled):
             for color in colors:
-                per_prompt = [generate_image(pipe, ATTRIBUTE_PROMPT.format(color=color), negative, steps,
+                per_prompt = [sample_image(pipe, ATTRIBUTE_PROMPT.format(color=color), negative, steps,
                                              guidance, seed + s, height, width) for s in range(n_seeds)]
                 hits = sum(dominant_color(im) == color for im in per_prompt)
                 out["per_color"][color][name] = hits / n_seeds
@@ -96,6 +98,20 @@ def attribute_metrics(pipe, n_colors: int, n_seeds: int, steps: int, guidance: f
         out[f"{name}_diversity"] = float(np.mean(divs))
         images[name] = imgs
     return out, images
+
+
+def attribute_sheet(images: dict[str, list[Image.Image]], n_colors: int, seed: int) -> Image.Image:
+    """Base vs LoRA for each colour prompt at its first seed, in `attribute_metrics`' image order
+    (colour-major, `n_seeds` per colour)."""
+    colors = list(COLORS)[:n_colors]
+    per = len(images["base"]) // len(colors)
+    return grid([(f"{c} (seed {seed})", [("base", images["base"][i * per]), ("LoRA", images["lora"][i * per])])
+                 for i, c in enumerate(colors)], cell=96)
+
+
+def attribute_prompts(n_colors: int, n_seeds: int) -> list[str]:
+    """The prompt of each image of `attribute_metrics`, in its order."""
+    return [ATTRIBUTE_PROMPT.format(color=c) for c in list(COLORS)[:n_colors] for _ in range(n_seeds)]
 
 
 def clip_score(clip_dir: Optional[str], images: list[Image.Image], prompts: list[str]) -> Optional[float]:

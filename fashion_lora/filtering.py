@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import multiprocessing as mp
+import multiprocessing
 import random
 import re
+import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -15,16 +16,19 @@ from tqdm import tqdm
 
 from .captions import caption_reason, clean_caption, unsafe_name_reason
 from .images import inspect_image
-from .params import FilterParams
+from .params import FilterParams, to_dict
 
 log = logging.getLogger(__name__)
 PARALLEL_MIN = 500
 PRODUCT_RE = re.compile(r"id_\d+")
 COLUMNS = ["image_name", "image_path", "caption", "split"]
-# Every reason the filter can give; the report lists each, zero or not.
-DROP_REASONS = ("unsafe_caption_key", "caption_not_string", "caption_too_short", "duplicate_name_case",
-                "missing_caption", "missing_image", "empty_file", "not_an_image", "undecodable", "decompression_bomb",
-                "bad_format", "animated", "not_rgb", "too_small")
+# Every reason the filter can give; the report lists each, zero or not. The first ones are
+# decided from the captions file alone; the image reasons come from inspecting the file.
+CAPTION_REASONS = ("unsafe_caption_key", "caption_not_string", "caption_too_short", "duplicate_name_case",
+                   "missing_caption")
+IMAGE_REASONS = ("missing_image", "empty_file", "not_an_image", "undecodable", "decompression_bomb",
+                 "bad_format", "animated", "not_rgb", "too_small")
+DROP_REASONS = CAPTION_REASONS + IMAGE_REASONS
 
 
 def product_id(name: str) -> str:
@@ -33,11 +37,11 @@ def product_id(name: str) -> str:
     return m.group(0) if m else name
 
 
-def _inspect(name: str, images: Path, p: FilterParams):
-    return name, inspect_image(images / name, p.formats, p.min_resolution, p.non_rgb, p.max_pixels)
+def _inspect(name: str, images: Path, flt: FilterParams):
+    return name, inspect_image(images / name, flt.formats, flt.min_resolution, flt.non_rgb, flt.max_pixels)
 
 
-def filter_entries(captions: dict, images: Path, p: FilterParams) -> tuple[list[dict], Counter, Counter]:
+def filter_entries(captions: dict, images: Path, flt: FilterParams) -> tuple[list[dict], Counter, Counter]:
     """Apply every rule. Returns kept entries, drop counts by reason, and converted-mode counts.
 
     Caption rules run first (cheap); only entries with a usable caption and a safe name are
@@ -48,7 +52,7 @@ def filter_entries(captions: dict, images: Path, p: FilterParams) -> tuple[list[
     lower_seen: dict[str, str] = {}
     for name in sorted(captions, key=str):
         reason = unsafe_name_reason(name) if isinstance(name, str) else "unsafe_caption_key"
-        reason = reason or caption_reason(captions[name], p.min_caption_length)
+        reason = reason or caption_reason(captions[name], flt.min_caption_length)
         if reason is None and name.lower() in lower_seen:
             # Case-insensitive file systems would map both keys to one file: keep the first.
             reason = "duplicate_name_case"
@@ -61,12 +65,12 @@ def filter_entries(captions: dict, images: Path, p: FilterParams) -> tuple[list[
     drops["missing_caption"] += len(on_disk - set(captions))
 
     kept, converted = [], Counter()
-    check = functools.partial(_inspect, images=images, p=p)
+    check = functools.partial(_inspect, images=images, flt=flt)
     names = list(candidates)
     bar = dict(total=len(names), desc="filter", unit="img", mininterval=1.0)
     # A process pool costs about a second to start: only worth it for real data set sizes.
-    if p.workers > 1 and len(names) >= PARALLEL_MIN:
-        with mp.get_context("spawn").Pool(p.workers) as pool:
+    if flt.workers > 1 and len(names) >= PARALLEL_MIN:
+        with multiprocessing.get_context("spawn").Pool(flt.workers) as pool:
             results = list(tqdm(pool.imap(check, names, chunksize=32), **bar))
     else:
         results = [check(n) for n in tqdm(names, **bar)]
@@ -106,6 +110,34 @@ def sample_and_split(entries: list[dict], sample_size: int, val_fraction: float,
         val_groups.add(g)
         n_val += len(groups[g])
     return [{**e, "split": "val" if product_id(e["image_name"]) in val_groups else "train"} for e in entries]
+
+
+def filter_report(captions: dict, images_on_disk: int, kept: list[dict], df: pd.DataFrame, drops: Counter,
+                  converted: Counter, seconds: float, flt: FilterParams) -> dict:
+    """What reports/filter.json records: counts at every step and for every drop reason."""
+    inspected = len(kept) + sum(drops[r] for r in IMAGE_REASONS)
+    counts = df.split.value_counts().to_dict()
+    return {
+        "input_captions": len(captions),
+        "input_images": images_on_disk,
+        "passed_rules": len(kept),
+        "kept": len(df),
+        "train": int(counts.get("train", 0)),
+        "val": int(counts.get("val", 0)),
+        "dropped": dict(drops),
+        "converted_modes": dict(converted),
+        "images_per_second": round(inspected / seconds, 1) if seconds > 0 else None,
+        "params": to_dict(flt),
+    }
+
+
+def write_export_zip(zip_path: Path, df: pd.DataFrame, images: Path) -> None:
+    """The kept images and a CSV pointing at them, as one portable zip."""
+    with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("fashion_data.csv", df.assign(image_path=["images/" + n for n in df.image_name])
+                    .to_csv(index=False))
+        for name in df.image_name:
+            zf.write(images / name, f"images/{name}")
 
 
 def to_frame(rows: list[dict], images_dir: str) -> pd.DataFrame:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from PIL import Image, ImageEnhance, ImageOps
 
 from .params import PrecomputeParams
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -127,9 +130,12 @@ def resize_crop(img: Image.Image, size: int, crop: str) -> tuple[Image.Image, tu
     return resized.crop(box), orig  # type: ignore[return-value]
 
 
-# Blur used by tests and benchmarks to make a deliberately unsharp image.
-def blur(img: Image.Image, radius: float = 6.0) -> Image.Image:
-    return img.filter(ImageFilter.GaussianBlur(radius))
+def to_vae_input(pixels: list[np.ndarray]) -> torch.Tensor:
+    """uint8 HWC images -> float [-1, 1] NCHW, what a VAE encoder takes."""
+    import torch
+
+    x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float()
+    return x / 127.5 - 1.0
 
 
 @dataclass
@@ -141,15 +147,15 @@ class Prepared:
     orig_size: Optional[tuple[int, int]] = None
 
 
-def prepare(row: int, path: str, p: PrecomputeParams) -> Prepared:
+def prepare(row: int, path: str, pre: PrecomputeParams) -> Prepared:
     """Load one image, apply quality checks, enhancement and the aspect-preserving crop."""
     try:
         img = load_rgb(Path(path))
     except (OSError, ValueError):
         return Prepared(row, "undecodable")
-    reason = quality_reason(img, p.min_side, p.min_sharpness, p.min_aspect, p.max_aspect)
+    reason = quality_reason(img, pre.min_side, pre.min_sharpness, pre.min_aspect, pre.max_aspect)
     if reason:
         return Prepared(row, reason)
-    img = enhance(img, p.enhance.sharpness, p.enhance.contrast, p.enhance.color)
-    square, box = resize_crop(img, p.resolution, p.crop)
+    img = enhance(img, pre.enhance.sharpness, pre.enhance.contrast, pre.enhance.color)
+    square, box = resize_crop(img, pre.resolution, pre.crop)
     return Prepared(row, None, np.asarray(square, dtype=np.uint8), box, img.size)

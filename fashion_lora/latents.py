@@ -16,7 +16,6 @@ import pickle
 from pathlib import Path
 from typing import Iterable, Optional
 
-import numpy as np
 import torch
 
 from .utils import UserError, atomic_torch_save
@@ -27,12 +26,6 @@ INDEX = "index.json"
 
 class LatentsError(UserError):
     """A shard or the index is missing, corrupt, or does not match."""
-
-
-def to_vae_input(pixels: list[np.ndarray]) -> torch.Tensor:
-    """uint8 HWC images -> float [-1, 1] NCHW."""
-    x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float()
-    return x / 127.5 - 1.0
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 
+from .base import check_base_dir
 from .params import LoraParams
 from .utils import UserError, canonicalize_safetensors
 
@@ -18,25 +19,25 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 KOHYA_WEIGHTS = "fashion_lora_kohya.safetensors"
 
 
-def lora_config(p: LoraParams):
+def lora_config(lora: LoraParams):
     from peft import LoraConfig
 
     # Default peft init (B = 0): the adapter starts as an exact no-op on the base.
-    return LoraConfig(r=p.rank, lora_alpha=p.alpha, lora_dropout=p.dropout,
-                      target_modules=list(p.target_modules), init_lora_weights=True)
+    return LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), init_lora_weights=True)
 
 
-def attach_lora(unet, p: LoraParams):
+def attach_lora(unet, lora: LoraParams):
     """Freeze the UNet, add the LoRA adapter, and check that only `lora_` params train."""
     unet.requires_grad_(False)
-    cfg = lora_config(p)
+    cfg = lora_config(lora)
     unet.add_adapter(cfg)
     trainable = [n for n, q in unet.named_parameters() if q.requires_grad]
     bad = [n for n in trainable if "lora_" not in n]
     if bad or not trainable:
         raise RuntimeError(f"LoRA setup error: trainable non-LoRA params {bad[:3]} (of {len(trainable)})")
     targeted = {n.rsplit(".lora_", 1)[0] for n in trainable}
-    missing = [t for t in p.target_modules if not any(m == t or m.endswith("." + t) for m in targeted)]
+    missing = [t for t in lora.target_modules if not any(m == t or m.endswith("." + t) for m in targeted)]
     if missing:
         raise UserError(f"train.lora.target_modules: {missing} match no module of this UNet")
     return cfg
@@ -44,9 +45,9 @@ def attach_lora(unet, p: LoraParams):
 
 def keep_lora_fp32(unet) -> None:
     """With a half-precision base, LoRA params stay fp32 (else GradScaler cannot unscale them)."""
-    for name, p in unet.named_parameters():
-        if p.requires_grad:
-            p.data = p.data.float()
+    for parameter in unet.parameters():
+        if parameter.requires_grad:
+            parameter.data = parameter.data.float()
 
 
 def lora_state(unet) -> dict[str, torch.Tensor]:
@@ -101,8 +102,7 @@ def load_pipeline(base_dir: Path, lora: Optional[Path], device: torch.device,
     """The one loader: base from `models/base`, LoRA via `load_lora_weights`, then eval mode."""
     from diffusers import StableDiffusionPipeline
 
-    if not (base_dir / "model_index.json").is_file():
-        raise UserError(f"{base_dir} is not a base model folder (no model_index.json); run `dvc repro base_model`")
+    check_base_dir(base_dir)
     pipe = StableDiffusionPipeline.from_pretrained(base_dir, dtype=dtype, safety_checker=None,
                                                    requires_safety_checker=False, use_safetensors=True)
     if lora is not None:

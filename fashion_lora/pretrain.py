@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from . import diffusion
 from .base import base_info, build_tiny
-from .images import resize_crop
+from .images import resize_crop, to_vae_input
+from .lr_schedule import lr_factor
 from .params import PretrainParams
 from .synthetic import COLORS, VIEWS, caption_for, random_garments, render
 
@@ -48,13 +49,13 @@ def corpus(count: int, seed: int, resolution: int) -> tuple[torch.Tensor, list[s
         img = render(g, (width, round(width * 1.47)), rng.choice(VIEWS), rng)
         pixels.append(np.asarray(resize_crop(img, resolution, "center")[0]))
         captions.append(caption_for(g))
-    x = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return x, captions
+    return to_vae_input(pixels), captions
 
 
 def _cosine(opt: torch.optim.Optimizer, steps: int, warmup: int = 50) -> torch.optim.lr_scheduler.LambdaLR:
+    """One cosine over all `steps`, its first `warmup` steps scaled by a linear ramp."""
     return torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: min(1.0, (k + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(k, steps) / steps)))
+        opt, lambda k: lr_factor(k, warmup, steps, warmup_within_cosine=True))
 
 
 @torch.no_grad()
@@ -69,7 +70,7 @@ def psnr(vae, x: torch.Tensor, batch_size: int = 64) -> float:
     return 10 * math.log10(1.0 / (se / x.numel()))
 
 
-def train_vae(vae, x: torch.Tensor, p: PretrainParams, seed: int) -> float:
+def train_vae(vae, x: torch.Tensor, pretrain: PretrainParams, seed: int) -> float:
     """Autoencoder training; returns the last loss.
 
     The decoder sees the posterior mean, not a sample: with a freshly initialised log-variance
@@ -77,17 +78,17 @@ def train_vae(vae, x: torch.Tensor, p: PretrainParams, seed: int) -> float:
     images (measured: 1.0 dB lower PSNR at equal time). Precompute stores the mean too.
     """
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(vae.parameters(), lr=p.vae_learning_rate, weight_decay=0.0)
-    sched = _cosine(opt, p.vae_steps)
+    opt = torch.optim.AdamW(vae.parameters(), lr=pretrain.vae_learning_rate, weight_decay=0.0)
+    sched = _cosine(opt, pretrain.vae_steps)
     vae.train()
     loss = torch.tensor(0.0)
-    bar = tqdm(range(p.vae_steps), desc="pretrain vae", unit="step", mininterval=2)
+    bar = tqdm(range(pretrain.vae_steps), desc="pretrain vae", unit="step", mininterval=2)
     for _ in bar:
-        xb = x[torch.randint(0, len(x), (p.vae_batch_size,), generator=gen)]
+        xb = x[torch.randint(0, len(x), (pretrain.vae_batch_size,), generator=gen)]
         dist = vae.encode(xb).latent_dist
         rec = vae.decode(dist.mean).sample
         kl = dist.kl().mean() / dist.mean[0].numel()  # per latent element, like the MSE per pixel
-        loss = F.mse_loss(rec, xb) + p.kl_weight * kl
+        loss = F.mse_loss(rec, xb) + pretrain.kl_weight * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -108,24 +109,24 @@ def encode_scaled(vae, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
 
 
 def train_unet(unet, text_encoder, tokenizer, noise_scheduler, latents: torch.Tensor, captions: list[str],
-               p: PretrainParams, seed: int) -> float:
+               pretrain: PretrainParams, seed: int) -> float:
     """Full text-conditioned denoiser training (all UNet weights); returns the mean loss of the
     last 10% of steps. Frozen text-encoder outputs are computed once per caption."""
     ids, _ = diffusion.tokenize(tokenizer, captions + [""])
     with torch.no_grad():
-        ehs = diffusion.encode_text(text_encoder, ids)
-    empty, ehs = ehs[-1:], ehs[:-1]
+        embeddings = diffusion.encode_text(text_encoder, ids)
+    empty, embeddings = embeddings[-1:], embeddings[:-1]
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(unet.parameters(), lr=p.unet_learning_rate, weight_decay=0.01)
-    sched = _cosine(opt, p.unet_steps)
+    opt = torch.optim.AdamW(unet.parameters(), lr=pretrain.unet_learning_rate, weight_decay=0.01)
+    sched = _cosine(opt, pretrain.unet_steps)
     T = noise_scheduler.config.num_train_timesteps
     unet.train()
     tail: list[float] = []
-    bar = tqdm(range(p.unet_steps), desc="pretrain unet", unit="step", mininterval=2)
+    bar = tqdm(range(pretrain.unet_steps), desc="pretrain unet", unit="step", mininterval=2)
     for step in bar:
-        idx = torch.randint(0, len(latents), (p.unet_batch_size,), generator=gen)
-        z, e = latents[idx], ehs[idx].clone()
-        e[torch.rand(len(idx), generator=gen) < p.caption_dropout] = empty
+        idx = torch.randint(0, len(latents), (pretrain.unet_batch_size,), generator=gen)
+        z, e = latents[idx], embeddings[idx].clone()
+        e[torch.rand(len(idx), generator=gen) < pretrain.caption_dropout] = empty
         flip = torch.rand(len(idx), generator=gen) < 0.5  # the figures are left/right symmetric
         z = torch.where(flip[:, None, None, None], z.flip(-1), z)
         noise = torch.randn(z.shape, generator=gen)
@@ -136,37 +137,37 @@ def train_unet(unet, text_encoder, tokenizer, noise_scheduler, latents: torch.Te
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
         sched.step()
-        if step >= p.unet_steps * 0.9:
+        if step >= pretrain.unet_steps * 0.9:
             tail.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     unet.eval()
     return float(np.mean(tail)) if tail else float("nan")
 
 
-def pretrain_tiny(pipe, p: PretrainParams, seed: int, resolution: int = 64) -> dict:
+def pretrain_tiny(pipe, pretrain: PretrainParams, seed: int, resolution: int = 64) -> dict:
     """Pretrain the tiny pipeline's VAE and UNet in place; returns the report."""
     from diffusers import DDPMScheduler
 
-    x, captions = corpus(p.images, seed + p.seed_offset, resolution)
-    train_x, held_x = x[:-p.holdout], x[-p.holdout:]
-    base_captions = [withhold(c, p.neutral_word) for c in captions[:-p.holdout]]
+    x, captions = corpus(pretrain.images, seed + pretrain.seed_offset, resolution)
+    train_x, held_x = x[:-pretrain.holdout], x[-pretrain.holdout:]
+    base_captions = [withhold(c, pretrain.neutral_word) for c in captions[:-pretrain.holdout]]
     psnr_before = psnr(pipe.vae, held_x)
-    vae_loss = train_vae(pipe.vae, train_x, p, seed)
+    vae_loss = train_vae(pipe.vae, train_x, pretrain, seed)
     psnr_after = psnr(pipe.vae, held_x)
-    log.info("VAE: held-out PSNR %.2f dB (random init %.2f dB) on %d images", psnr_after, psnr_before, p.holdout)
+    log.info("VAE: held-out PSNR %.2f dB (random init %.2f dB) on %d images", psnr_after, psnr_before, pretrain.holdout)
     latents = encode_scaled(pipe.vae, train_x)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     unet_loss = train_unet(pipe.unet, pipe.text_encoder, pipe.tokenizer, noise_scheduler, latents, base_captions,
-                           p, seed)
+                           pretrain, seed)
     log.info("UNet: final training loss %.4f (%s)", unet_loss, noise_scheduler.config.prediction_type)
-    return {"pretrain_images": len(train_x), "holdout_images": p.holdout,
+    return {"pretrain_images": len(train_x), "holdout_images": pretrain.holdout,
             "vae_psnr_db": round(psnr_after, 3), "vae_psnr_random_init_db": round(psnr_before, 3),
             "vae_final_loss": round(vae_loss, 5), "latent_scaling_factor": round(pipe.vae.config.scaling_factor, 6),
             "unet_final_loss": round(unet_loss, 5), "prediction_type": noise_scheduler.config.prediction_type,
-            "withheld": "colour words -> " + p.neutral_word}
+            "withheld": "colour words -> " + pretrain.neutral_word}
 
 
-def provision_tiny(seed: int, out_dir: Path, p: PretrainParams, resolution: int) -> dict:
+def provision_tiny(seed: int, out_dir: Path, pretrain: PretrainParams, resolution: int) -> dict:
     """Build the tiny pipeline from `seed`, pretrain it at the fine-tuning `resolution`, save it.
 
     v-prediction rather than SD1.5's epsilon: its loss keeps weight on the high-noise steps
@@ -175,6 +176,6 @@ def provision_tiny(seed: int, out_dir: Path, p: PretrainParams, resolution: int)
     """
     with tempfile.TemporaryDirectory() as work:  # the tokenizer's source files; saved with the pipeline
         pipe = build_tiny(seed, Path(work), "v_prediction")
-    report = pretrain_tiny(pipe, p, seed, resolution)
+    report = pretrain_tiny(pipe, pretrain, seed, resolution)
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return {**base_info(pipe, "tiny", "tiny"), **report}

@@ -1,14 +1,17 @@
-"""Text-to-image with the LoRA: seeded generation, base/LoRA switching, labelled grids."""
+"""Text-to-image sampling: seeded images, the LoRA switched on or off, file-name slugs."""
 
 from __future__ import annotations
 
 import contextlib
 import re
-import textwrap
+import time
+from pathlib import Path
 from typing import Iterator
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
+
+from .params import GenerateParams
 
 
 @contextlib.contextmanager
@@ -24,7 +27,7 @@ def lora_enabled(pipe, enabled: bool) -> Iterator[None]:
         pipe.enable_lora()
 
 
-def generate_image(pipe, prompt: str, negative_prompt: str, steps: int, guidance_scale: float, seed: int,
+def sample_image(pipe, prompt: str, negative_prompt: str, steps: int, guidance_scale: float, seed: int,
                    height: int, width: int) -> Image.Image:
     """One image; the noise comes from a CPU generator so a seed means the same image anywhere."""
     gen = torch.Generator("cpu").manual_seed(seed)
@@ -39,25 +42,22 @@ def slug(text: str, n: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n].rstrip("-") or "prompt"
 
 
-def _font(size: int):
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1
-        return ImageFont.load_default()
+def sample_prompt_grid(pipe, gen: GenerateParams, out_dir: Path) -> tuple[dict, dict[int, list[float]]]:
+    """Every prompt x step count, base and LoRA with the same seed (`gen.seed` + prompt number),
+    saved as PNGs in `out_dir`. Returns the images by (prompt number, steps, model) and the
+    seconds each image took, by step count."""
+    from tqdm import tqdm
 
-
-def grid(rows: list[tuple[str, list[tuple[str, Image.Image]]]], cell: int = 160) -> Image.Image:
-    """Labelled grid: one row per prompt, one column per (label, image), labels above columns."""
-    font, small = _font(14), _font(11)
-    label_w, head_h = 220, 24
-    n_cols = max(len(cols) for _, cols in rows)
-    out = Image.new("RGB", (label_w + n_cols * cell, head_h + len(rows) * cell), "white")
-    d = ImageDraw.Draw(out)
-    for c, (label, _) in enumerate(rows[0][1]):
-        d.text((label_w + c * cell + 6, 5), label, fill="black", font=font)
-    for r, (prompt, cols) in enumerate(rows):
-        y = head_h + r * cell
-        d.multiline_text((6, y + 6), "\n".join(textwrap.wrap(prompt, 34)[:9]), fill="black", font=small)
-        for c, (_, img) in enumerate(cols):
-            out.paste(img.resize((cell - 4, cell - 4), Image.Resampling.NEAREST), (label_w + c * cell + 2, y + 2))
-    return out
+    seconds: dict[int, list[float]] = {s: [] for s in gen.steps}
+    jobs = [(i, prompt, steps, model) for i, prompt in enumerate(gen.prompts) for steps in gen.steps
+            for model in ("base", "lora")]
+    images = {}
+    for i, prompt, steps, model in tqdm(jobs, desc="generate", unit="img"):
+        t0 = time.perf_counter()
+        with lora_enabled(pipe, model == "lora"):
+            image = sample_image(pipe, prompt, gen.negative_prompt, steps, gen.guidance_scale, gen.seed + i,
+                                 gen.height, gen.width)
+        seconds[steps].append(time.perf_counter() - t0)
+        image.save(out_dir / f"{i:02d}_{slug(prompt)}_{steps}steps_{model}.png")
+        images[i, steps, model] = image
+    return images, seconds

@@ -164,7 +164,7 @@ def _jpeg_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def generate(out_dir: Path, count: int, seed: int) -> dict:
+def write_dataset(out_dir: Path, count: int, seed: int) -> dict:
     """Write `count` images to `out_dir/images` and `out_dir/captions.json`.
 
     Returns a summary with the attributes of every entry and which ones are bad on purpose.

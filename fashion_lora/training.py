@@ -17,13 +17,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
 from . import diffusion
-from .base import load_base
+from .base import Base, load_base, vae_scale_factor
 from .latents import load_latents
+from .lr_schedule import lr_factor
 from .lora import attach_lora, keep_lora_fp32, lora_state
 from .params import Params, TrainParams, to_dict
 from .utils import UserError, atomic_dir, atomic_torch_save, atomic_write_text, canonicalize_safetensors, resolve_device
@@ -47,12 +48,14 @@ class LatentBatches:
     into it, so text embeddings can be cached per row.
     """
 
-    def __init__(self, latents: torch.Tensor, captions: list[str], tokenizer, p: TrainParams, seed: int,
+    def __init__(self, latents: torch.Tensor, captions: list[str], tokenizer, train_params: TrainParams, seed: int,
                  rank: int = 0, world: int = 1):
-        self.latents, self.p, self.seed, self.rank, self.world = latents, p, seed, rank, world
+        self.latents, self.seed, self.rank, self.world = latents, seed, rank, world
+        self.batch_size = train_params.batch_size
+        self.augment, self.captions = train_params.augment, train_params.captions
         self.n = len(latents)
-        self.per_epoch = max(1, self.n // (p.batch_size * world))
-        variants = [captions] + [[f"{c}, {q}" for c in captions] for q in p.captions.quality_terms] + [[""]]
+        self.per_epoch = max(1, self.n // (self.batch_size * world))
+        variants = [captions] + [[f"{c}, {q}" for c in captions] for q in self.captions.quality_terms] + [[""]]
         ids, trunc = zip(*(diffusion.tokenize(tokenizer, v) for v in variants))
         self.token_ids = torch.cat(ids)
         self.truncated = trunc[0]
@@ -62,9 +65,9 @@ class LatentBatches:
         epoch, pos = divmod(step, self.per_epoch)
         gen = torch.Generator().manual_seed(step_seed(self.seed, epoch, 1))
         perm = torch.randperm(self.n, generator=gen)
-        if self.n < self.p.batch_size * self.world:  # tiny data: sample with replacement
-            perm = perm.repeat(math.ceil(self.p.batch_size * self.world / self.n))
-        b = self.p.batch_size
+        if self.n < self.batch_size * self.world:  # tiny data: sample with replacement
+            perm = perm.repeat(math.ceil(self.batch_size * self.world / self.n))
+        b = self.batch_size
         start = pos * b * self.world + self.rank * b
         return perm[start:start + b]
 
@@ -72,10 +75,10 @@ class LatentBatches:
         """Augmented latents [b, 4, h, w] and caption rows [b] into `token_ids`."""
         idx = self.indices(step)
         gen = torch.Generator().manual_seed(step_seed(self.seed, step, 2))
-        a = self.p.augment
+        a = self.augment
         lat = diffusion.latent_augment(self.latents[idx], gen, a.noise_prob, a.noise_std, a.hflip_prob,
                                        a.crop_prob, a.crop_min_scale)
-        c = self.p.captions
+        c = self.captions
         drop = torch.rand(len(idx), generator=gen) < c.dropout_prob
         quality = torch.rand(len(idx), generator=gen) < c.quality_prob
         term = torch.randint(0, max(1, len(c.quality_terms)), (len(idx),), generator=gen)
@@ -105,21 +108,6 @@ class TextEmbeddings:
         return self.encoder(self.token_ids[rows].to(self.device))[0]
 
 
-# ----------------------------------------------------------------------------- schedule
-def lr_factor(step: int, warmup: int, period: int, mult: int, min_ratio: float) -> float:
-    """Linear warmup, then cosine annealing with warm restarts (same curve as torch's
-    CosineAnnealingWarmRestarts with T_0=period, T_mult=mult, eta_min=min_ratio*lr)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    t = step - warmup
-    if mult == 1:
-        t_cur, t_i = t % period, period
-    else:
-        n = int(math.log(t / period * (mult - 1) + 1, mult))
-        t_cur, t_i = t - period * (mult**n - 1) // (mult - 1), period * mult**n
-    return min_ratio + (1 - min_ratio) * (1 + math.cos(math.pi * t_cur / t_i)) / 2
-
-
 # ----------------------------------------------------------------------------- state
 @dataclass
 class EarlyStop:
@@ -141,6 +129,12 @@ class EarlyStop:
     def stop(self) -> bool:
         return self.bad >= self.patience
 
+    def state_dict(self) -> dict:
+        return {"best": self.best, "best_step": self.best_step, "bad": self.bad}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.best_step, self.bad = state["best"], state["best_step"], state["bad"]
+
 
 @dataclass
 class Outputs:
@@ -151,11 +145,60 @@ class Outputs:
 
 
 @dataclass
+class Model:
+    """What a step runs on: the accelerator, the frozen base with its LoRA, optimizer and schedule."""
+
+    accelerator: Any
+    device: torch.device
+    weight_dtype: torch.dtype
+    base: Base
+    unet: Any  # as prepared by accelerate (wrapped in DDP when there are several processes)
+    raw_unet: Any  # the plain peft UNet: validation, samples, checkpoints, saving
+    lora_config: Any
+    lora_params: list
+    optimizer: Any  # accelerate's wrapper; `.optimizer` is the torch one
+    lr_scheduler: Any
+    system: dict
+
+
+@dataclass
+class Data:
+    """Train batches, cached text embeddings and the fixed validation plan."""
+
+    batches: "LatentBatches"
+    text: "TextEmbeddings"
+    val_latents: torch.Tensor
+    val_encoder_hidden_states: torch.Tensor
+    val_plan: diffusion.FixedEval
+    val_truncated: int
+    resolution: int  # pixels of a training image (for samples); 0 without a VAE
+
+
+@dataclass
 class RunState:
+    early: EarlyStop
     step: int = 0
-    early: Optional[EarlyStop] = None
     best_lora: Optional[dict] = None
     history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """One training run: everything `log_validation`, the checkpoints and the report need."""
+
+    params: Params
+    model: Model
+    data: Data
+    state: RunState
+    live: Any = None  # dvclive.Live on the main process
+    on_validation: Optional[Callable[[int, dict], None]] = None
+
+    def log_step(self, **metrics: float) -> None:
+        """Training curves (train/loss, train/grad_norm, train/lr) at the current step."""
+        if self.live is not None:
+            self.live.step = self.state.step
+            for name, value in metrics.items():
+                self.live.log_metric(f"train/{name}", value)
 
 
 def fingerprint(params: Params, latent_dir: Path, base_dir: Path, processes: int) -> str:
@@ -186,47 +229,162 @@ def system_check(accelerator, device: torch.device) -> dict:
     return info
 
 
-def mixed_precision_for(p: TrainParams, device: torch.device) -> str:
-    if p.mixed_precision == "auto":
+def mixed_precision_for(train_params: TrainParams, device: torch.device) -> str:
+    if train_params.mixed_precision == "auto":
         return "fp16" if device.type == "cuda" else "no"
-    if p.mixed_precision == "fp16" and device.type != "cuda":
+    if train_params.mixed_precision == "fp16" and device.type != "cuda":
         raise UserError("train.mixed_precision: fp16 needs a CUDA GPU; on CPU use 'bf16' or 'no' (or 'auto')")
-    return p.mixed_precision
+    return train_params.mixed_precision
 
 
-def make_optimizer(params: list, p: TrainParams) -> torch.optim.Optimizer:
+def make_optimizer(params: list, train_params: TrainParams) -> torch.optim.Optimizer:
     """AdamW over the LoRA params; `adamw8bit` uses bitsandbytes' 8-bit states (GPU memory)."""
-    kw = dict(lr=p.learning_rate, betas=tuple(p.betas), weight_decay=p.weight_decay)
-    if p.optimizer == "adamw":
+    kw = dict(lr=train_params.learning_rate, betas=tuple(train_params.betas), weight_decay=train_params.weight_decay)
+    if train_params.optimizer == "adamw":
         return torch.optim.AdamW(params, **kw)
-    if p.optimizer == "adamw8bit":
+    if train_params.optimizer == "adamw8bit":
         try:
             import bitsandbytes as bnb
         except ImportError:
             raise UserError("train.optimizer: adamw8bit needs the bitsandbytes package (pip install "
                             "bitsandbytes; CUDA only); or set train.optimizer: adamw") from None
         return bnb.optim.AdamW8bit(params, **kw)
-    raise UserError(f"train.optimizer: unknown optimizer {p.optimizer!r}")
+    raise UserError(f"train.optimizer: unknown optimizer {train_params.optimizer!r}")
 
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _save_checkpoint(path: Path, state: RunState, unet, optimizer, scheduler, scaler, fp: str) -> None:
+# ----------------------------------------------------------------------------- setup
+def setup_model(params: Params, base_dir: Path) -> Model:
+    """Accelerator, frozen base in the compute dtype, LoRA params in fp32, AdamW and the LR schedule."""
+    from accelerate import Accelerator
+
+    train_params = params.train
+    device = resolve_device(train_params.device, "train.device")
+    mixed_precision = mixed_precision_for(train_params, device)
+    accelerator = Accelerator(mixed_precision=mixed_precision,
+                              gradient_accumulation_steps=train_params.gradient_accumulation,
+                              cpu=device.type == "cpu")
+    device = accelerator.device
+    if not accelerator.is_main_process:  # one voice in the logs; every rank still computes the same validations
+        logging.getLogger("fashion_lora").setLevel(logging.WARNING)
+    info = system_check(accelerator, device)
+    log.info("system: %s", info)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # Ampere+: TF32 matmuls for the fp32 parts
+        torch.backends.cudnn.allow_tf32 = True
+
+    weight_dtype = WEIGHT_DTYPES[mixed_precision]
+    base = load_base(base_dir, device, weight_dtype, with_vae=train_params.samples.every > 0)
+    unet = base.unet
+    torch.manual_seed(params.seed)  # LoRA A matrices are drawn from the global RNG
+    cfg = attach_lora(unet, train_params.lora)
+    keep_lora_fp32(unet)
+    if train_params.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    if device.type == "cuda":
+        unet.to(memory_format=torch.channels_last)
+    lora_params = [q for q in unet.parameters() if q.requires_grad]
+    n_trainable, n_total = sum(q.numel() for q in lora_params), sum(q.numel() for q in unet.parameters())
+    log.info("trainable LoRA params: %d of %d UNet params (%.2f%%)", n_trainable, n_total,
+             100 * n_trainable / n_total)
+
+    optimizer = make_optimizer(lora_params, train_params)
+    if train_params.compile:
+        unet = torch.compile(unet)
+    min_ratio = train_params.min_lr / train_params.learning_rate
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, train_params.warmup_steps, train_params.restart_period, train_params.restart_mult, min_ratio))
+    # The LR scheduler is stepped by hand once per optimizer step (accelerate would step it
+    # once per process).
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    return Model(accelerator, device, weight_dtype, base, unet, accelerator.unwrap_model(unet), cfg, lora_params,
+                 optimizer, lr_scheduler, info)
+
+
+def setup_data(params: Params, model: Model, latent_dir: Path) -> Data:
+    """Train latents resident in memory with cached text embeddings; the val plan fixed by the seed."""
+    base, accelerator = model.base, model.accelerator
+    train_latents, train_items = load_latents(latent_dir, "train")
+    val_latents, val_items = load_latents(latent_dir, "val")
+    if len(train_latents) == 0:
+        raise UserError(f"{latent_dir}: no train latents; check filter.val_fraction and the data")
+    if len(val_latents) == 0:
+        raise UserError(f"{latent_dir}: no val latents; validation needs some (filter.val_fraction)")
+    batches = LatentBatches(train_latents, [it["caption"] for it in train_items], base.tokenizer, params.train,
+                            params.seed, accelerator.process_index, accelerator.num_processes)
+    text = TextEmbeddings(base.text_encoder, batches.token_ids, model.device)
+    val_ids, val_truncated = diffusion.tokenize(base.tokenizer, [it["caption"] for it in val_items])
+    val_encoder_hidden_states = diffusion.encode_text(base.text_encoder, val_ids).float().cpu()
+    # Validation draws timesteps like training does, so the best checkpoint is chosen by the
+    # objective being optimised (evaluate reports the uniform-timestep loss per band).
+    plan = diffusion.fixed_eval(len(val_latents), tuple(val_latents.shape[1:]), params.train.val_repeats,
+                                base.noise_scheduler.config.num_train_timesteps, params.seed,
+                                params.train.timestep_bias)
+    log.info("train %d latents, val %d (x%d fixed draws); %d of %d train captions truncated at %d tokens",
+             len(train_latents), len(val_latents), params.train.val_repeats, batches.truncated,
+             len(train_items), base.tokenizer.model_max_length)
+    resolution = train_latents.shape[-1] * vae_scale_factor(base.vae) if base.vae else 0
+    return Data(batches, text, val_latents, val_encoder_hidden_states, plan, val_truncated, resolution)
+
+
+def open_live(live_dir: Path, train_params: TrainParams, resumed_step: Optional[int]):
+    """dvclive logger; a resumed run keeps the curves up to its checkpoint."""
+    from dvclive import Live
+
+    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=resumed_step is not None)
+    if resumed_step is not None:
+        _truncate_live(live_dir, resumed_step)
+    live.log_params({"lora_rank": train_params.lora.rank, "lora_alpha": train_params.lora.alpha,
+                     "learning_rate": train_params.learning_rate, "batch_size": train_params.batch_size,
+                     "max_steps": train_params.max_steps})
+    return live
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(path: Path, run: Run, fp: str) -> None:
+    """Everything a resumed run needs to continue bit-exactly (on CPU); `restore_checkpoint` reads it."""
+    model, state = run.model, run.state
+    scaler = model.accelerator.scaler
     ckpt = {
-        "fingerprint": fp, "step": state.step, "lora": lora_state(unet),
-        "best_lora": state.best_lora or {}, "optimizer": optimizer.state_dict(),
-        "lr_scheduler": scheduler.state_dict(),  # lambdas are stored as None: code is never pickled
+        "fingerprint": fp, "step": state.step, "lora": lora_state(model.raw_unet),
+        "best_lora": state.best_lora or {}, "optimizer": model.optimizer.optimizer.state_dict(),
+        "lr_scheduler": model.lr_scheduler.state_dict(),  # lambdas are stored as None: code is never pickled
         "scaler": scaler.state_dict() if scaler is not None else {},
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "early": {"best": state.early.best, "best_step": state.early.best_step, "bad": state.early.bad},
+        "early": state.early.state_dict(),
         "history": json.dumps(state.history),
     }
     # Fresh tensors and interned keys: pickle memoizes by object identity, and the optimizer
     # state of a resumed run holds other (equal) objects than a fresh run's, which would change
     # the bytes (and DVC's hash) of an equal checkpoint.
     atomic_torch_save(_fresh(ckpt), path)
+
+
+def restore_checkpoint(path: Path, run: Run, fp: str) -> bool:
+    """Load a checkpoint written by `save_checkpoint` into the run; False when there is none to use."""
+    ckpt = _load_checkpoint(path, fp)
+    if ckpt is None:
+        return False
+    model, state = run.model, run.state
+    _set_lora(model.raw_unet, ckpt["lora"])
+    model.optimizer.optimizer.load_state_dict(ckpt["optimizer"])
+    model.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+    scaler = model.accelerator.scaler
+    if scaler is not None and ckpt["scaler"]:
+        scaler.load_state_dict(ckpt["scaler"])
+    torch.set_rng_state(ckpt["rng"])
+    if torch.cuda.is_available() and ckpt["cuda_rng"]:
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+    state.step = ckpt["step"]
+    state.early.load_state_dict(ckpt["early"])
+    state.best_lora = ckpt["best_lora"] or None
+    state.history = json.loads(ckpt["history"])
+    log.info("resuming from %s at step %d (best val MSE %.5f at step %d)", path, state.step,
+             state.early.best, state.early.best_step)
+    return True
 
 
 def _fresh(obj):
@@ -262,231 +420,159 @@ def _set_lora(unet, state: dict) -> None:
         raise RuntimeError(f"checkpoint LoRA keys do not match the model: {result.unexpected_keys[:3]}")
 
 
+# ----------------------------------------------------------------------------- validation
+def log_validation(run: Run, step: int) -> dict:
+    """Val loss of the current adapter on the fixed plan; tracks the best adapter and early stopping."""
+    model, data, state, train_params = run.model, run.data, run.state, run.params.train
+    unet = model.raw_unet
+    unet.eval()
+    with model.accelerator.autocast():  # a half-precision base with fp32 LoRA needs autocast on GPU
+        mse, mae = diffusion.eval_losses(unet, model.base.noise_scheduler, data.val_latents,
+                                         data.val_encoder_hidden_states, data.val_plan,
+                                         batch_size=max(train_params.batch_size, 16))
+    unet.train()
+    metrics = diffusion.summarize(mse, mae)
+    improved = state.early.update(metrics["mse"], step)
+    if improved:
+        state.best_lora = lora_state(unet)
+    state.history.append({"step": step, **metrics})
+    if run.live is not None:
+        run.live.step = step
+        for k, v in metrics.items():
+            run.live.log_metric(f"val/{k}", v)
+    log.info("step %d: val MSE %.5f MAE %.5f std %.5f%s", step, metrics["mse"], metrics["mae"],
+             metrics["loss_std"], " (best)" if improved else f" (no improvement x{state.early.bad})")
+    if run.live is not None and train_params.samples.every and (len(state.history) - 1) % train_params.samples.every == 0:
+        with model.accelerator.autocast():
+            _log_sample(run.live, model.base, unet, train_params, data.resolution, step)
+    if run.on_validation:
+        run.on_validation(step, metrics)
+    return metrics
+
+
 # ----------------------------------------------------------------------------- main loop
 def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
           on_validation: Optional[Callable[[int, dict], None]] = None) -> dict:
-    """Train the LoRA; write adapter, dvclive metrics, report and checkpoints. Returns the report."""
-    from accelerate import Accelerator
-    from dvclive import Live
+    """Train the LoRA; write adapter, dvclive metrics, report and checkpoints. Returns the report
+    (empty on processes other than the main one)."""
     from tqdm import tqdm
 
-    from .lora import KOHYA_WEIGHTS, kohya_state, save_lora
-
-    p = params.train
-    device = resolve_device(p.device, "train.device")
-    mp = mixed_precision_for(p, device)
-    accelerator = Accelerator(mixed_precision=mp, gradient_accumulation_steps=p.gradient_accumulation,
-                              cpu=device.type == "cpu")
-    device = accelerator.device
-    main_proc = accelerator.is_main_process
-    if not main_proc:  # one voice in the logs; every rank still computes the same validations
-        logging.getLogger("fashion_lora").setLevel(logging.WARNING)
-    info = system_check(accelerator, device)
-    log.info("system: %s", info)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True  # Ampere+: TF32 matmuls for the fp32 parts
-        torch.backends.cudnn.allow_tf32 = True
-
-    # Model: frozen base in the compute dtype, LoRA params in fp32.
-    weight_dtype = WEIGHT_DTYPES[mp]
-    base = load_base(base_dir, device, weight_dtype, with_vae=p.samples.every > 0)
-    unet = base.unet
-    torch.manual_seed(params.seed)  # LoRA A matrices are drawn from the global RNG
-    cfg = attach_lora(unet, p.lora)
-    keep_lora_fp32(unet)
-    if p.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    if device.type == "cuda":
-        unet.to(memory_format=torch.channels_last)
-    lora_params = [q for q in unet.parameters() if q.requires_grad]
-    n_trainable = sum(q.numel() for q in lora_params)
-    n_total = sum(q.numel() for q in unet.parameters())
-    log.info("trainable LoRA params: %d of %d UNet params (%.2f%%)", n_trainable, n_total,
-             100 * n_trainable / n_total)
-
-    # Data: train latents resident in memory; val plan fixed by the seed.
-    train_lat, train_items = load_latents(latent_dir, "train")
-    resolution = train_lat.shape[-1] * 2 ** (len(base.vae.config.block_out_channels) - 1) if base.vae else 0
-    val_lat, val_items = load_latents(latent_dir, "val")
-    if len(train_lat) == 0:
-        raise UserError(f"{latent_dir}: no train latents; check filter.val_fraction and the data")
-    if len(val_lat) == 0:
-        raise UserError(f"{latent_dir}: no val latents; validation needs some (filter.val_fraction)")
-    batches = LatentBatches(train_lat, [it["caption"] for it in train_items], base.tokenizer, p, params.seed,
-                            accelerator.process_index, accelerator.num_processes)
-    text = TextEmbeddings(base.text_encoder, batches.token_ids, device)
-    val_ids, val_trunc = diffusion.tokenize(base.tokenizer, [it["caption"] for it in val_items])
-    val_ehs = diffusion.encode_text(base.text_encoder, val_ids).float().cpu()
-    # Validation draws timesteps like training does, so the best checkpoint is chosen by the
-    # objective being optimised (evaluate reports the uniform-timestep loss per band).
-    plan = diffusion.fixed_eval(len(val_lat), tuple(val_lat.shape[1:]), p.val_repeats,
-                                base.noise_scheduler.config.num_train_timesteps, params.seed, p.timestep_bias)
-    log.info("train %d latents, val %d (x%d fixed draws); %d of %d train captions truncated at %d tokens",
-             len(train_lat), len(val_lat), p.val_repeats, batches.truncated, len(train_items),
-             base.tokenizer.model_max_length)
-
-    optimizer = make_optimizer(lora_params, p)
-    if p.compile:
-        unet = torch.compile(unet)
-    min_ratio = p.min_lr / p.learning_rate
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, p.warmup_steps, p.restart_period, p.restart_mult, min_ratio))
-    # The LR scheduler is stepped by hand once per optimizer step (accelerate would step it
-    # once per process).
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    raw_unet = accelerator.unwrap_model(unet)
-    scaler = accelerator.scaler
-
-    state = RunState(early=EarlyStop(p.early_stopping.patience, p.early_stopping.min_delta))
+    train_params = params.train
+    model = setup_model(params, base_dir)
+    data = setup_data(params, model, latent_dir)
+    accelerator, base, unet, optimizer = model.accelerator, model.base, model.unet, model.optimizer
+    stopping = train_params.early_stopping
+    run = Run(params, model, data, RunState(EarlyStop(stopping.patience, stopping.min_delta)), on_validation=on_validation)
+    state = run.state
     ckpt_path = out.checkpoint_dir / CHECKPOINT
     fp = fingerprint(params, latent_dir, base_dir, accelerator.num_processes)
-    ckpt = _load_checkpoint(ckpt_path, fp)
-    if ckpt is not None:
-        _set_lora(raw_unet, ckpt["lora"])
-        optimizer.optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["lr_scheduler"])
-        if scaler is not None and ckpt["scaler"]:
-            scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"])
-        if torch.cuda.is_available() and ckpt["cuda_rng"]:
-            torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-        state.step = ckpt["step"]
-        state.early.best, state.early.best_step, state.early.bad = (
-            ckpt["early"]["best"], ckpt["early"]["best_step"], ckpt["early"]["bad"])
-        state.best_lora = ckpt["best_lora"] or None
-        state.history = json.loads(ckpt["history"])
-        log.info("resuming from %s at step %d (best val MSE %.5f at step %d)", ckpt_path, state.step,
-                 state.early.best, state.early.best_step)
-    else:
+    resumed = restore_checkpoint(ckpt_path, run, fp)
+    if not resumed:
         torch.manual_seed(params.seed)
-
-    live = None
-    if main_proc:
-        live = Live(str(out.live_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=ckpt is not None)
-        if ckpt is not None:
-            _truncate_live(out.live_dir, state.step)
-        live.log_params({"lora_rank": p.lora.rank, "lora_alpha": p.lora.alpha, "learning_rate": p.learning_rate,
-                         "batch_size": p.batch_size, "max_steps": p.max_steps})
-
-    def validate(step: int) -> dict:
-        raw_unet.eval()
-        with accelerator.autocast():  # a half-precision base with fp32 LoRA needs autocast on GPU
-            mse, mae = diffusion.eval_losses(raw_unet, base.noise_scheduler, val_lat, val_ehs, plan,
-                                             batch_size=max(p.batch_size, 16))
-        raw_unet.train()
-        metrics = diffusion.summarize(mse, mae)
-        improved = state.early.update(metrics["mse"], step)
-        if improved:
-            state.best_lora = lora_state(raw_unet)
-        state.history.append({"step": step, **metrics})
-        if live is not None:
-            live.step = step
-            for k, v in metrics.items():
-                live.log_metric(f"val/{k}", v)
-        log.info("step %d: val MSE %.5f MAE %.5f std %.5f%s", step, metrics["mse"], metrics["mae"],
-                 metrics["loss_std"], " (best)" if improved else f" (no improvement x{state.early.bad})")
-        if live is not None and p.samples.every and (len(state.history) - 1) % p.samples.every == 0:
-            with accelerator.autocast():
-                _log_sample(live, base, raw_unet, p, resolution, step)
-        if on_validation:
-            on_validation(step, metrics)
-        return metrics
-
+    if accelerator.is_main_process:
+        run.live = open_live(out.live_dir, train_params, state.step if resumed else None)
     if state.step == 0 and not state.history:
-        validate(0)  # step 0 = the base model itself (LoRA B=0)
+        log_validation(run, 0)  # step 0 = the base model itself (LoRA B=0)
 
-    gen_cuda = device.type == "cuda"
     stop_reason = "max_steps"
     t_start = time.perf_counter()
     side_seconds = 0.0  # validation and checkpoints inside the loop: reported apart from step speed
     steps_at_start = state.step
-    bar = tqdm(total=p.max_steps, initial=state.step, desc="train", unit="step", disable=not main_proc,
-               mininterval=1.0)
-    raw_unet.train()
+    bar = tqdm(total=train_params.max_steps, initial=state.step, desc="train", unit="step",
+               disable=not accelerator.is_main_process, mininterval=1.0)
+    model.raw_unet.train()
     grad_norm = torch.tensor(0.0)
-    while state.step < p.max_steps and not state.early.stop:
+    while state.step < train_params.max_steps and not state.early.stop:
         step = state.step
-        for micro in range(p.gradient_accumulation):
-            micro_step = step * p.gradient_accumulation + micro
-            lat, rows = batches.batch(micro_step)
+        for micro in range(train_params.gradient_accumulation):
+            micro_step = step * train_params.gradient_accumulation + micro
+            latents, rows = data.batches.batch(micro_step)
             gen = torch.Generator().manual_seed(step_seed(params.seed, micro_step, 3 + accelerator.process_index))
-            t = diffusion.biased_timesteps(torch.rand(len(lat), generator=gen),
-                                           base.noise_scheduler.config.num_train_timesteps, p.timestep_bias)
-            noise = diffusion.sample_noise(lat, p.noise_offset, gen)
-            lat, noise, t = lat.to(device, weight_dtype), noise.to(device, weight_dtype), t.to(device)
+            t = diffusion.biased_timesteps(torch.rand(len(latents), generator=gen),
+                                           base.noise_scheduler.config.num_train_timesteps, train_params.timestep_bias)
+            noise = diffusion.sample_noise(latents, train_params.noise_offset, gen)
+            latents, noise, t = (latents.to(model.device, model.weight_dtype),
+                                 noise.to(model.device, model.weight_dtype), t.to(model.device))
             with accelerator.accumulate(unet):
-                ehs = text(rows)
+                encoder_hidden_states = data.text(rows)
                 with accelerator.autocast():
-                    loss = diffusion.training_loss(unet, base.noise_scheduler, lat, noise, t, ehs, p.min_snr_gamma)
+                    loss = diffusion.training_loss(unet, base.noise_scheduler, latents, noise, t,
+                                                   encoder_hidden_states, train_params.min_snr_gamma)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(lora_params, p.max_grad_norm)
+                    grad_norm = accelerator.clip_grad_norm_(model.lora_params, train_params.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
+        model.lr_scheduler.step()
         state.step += 1
-        loss_v = accelerator.reduce(loss.detach(), reduction="mean").item()
-        lr = scheduler.get_last_lr()[0]
-        gn = float(grad_norm)
-        if live is not None:
-            live.step = state.step
-            live.log_metric("train/loss", loss_v)
-            live.log_metric("train/grad_norm", gn)
-            live.log_metric("train/lr", lr)
-        bar.set_postfix(loss=f"{loss_v:.4f}", grad=f"{gn:.3f}", lr=f"{lr:.2e}", refresh=False)
+        loss_value = accelerator.reduce(loss.detach(), reduction="mean").item()
+        lr = model.lr_scheduler.get_last_lr()[0]
+        grad_norm_value = float(grad_norm)
+        run.log_step(loss=loss_value, grad_norm=grad_norm_value, lr=lr)
+        bar.set_postfix(loss=f"{loss_value:.4f}", grad=f"{grad_norm_value:.3f}", lr=f"{lr:.2e}", refresh=False)
         bar.update(1)
-        if not math.isfinite(loss_v):
-            raise UserError(f"loss became {loss_v} at step {state.step}; lower train.learning_rate "
+        if not math.isfinite(loss_value):
+            raise UserError(f"loss became {loss_value} at step {state.step}; lower train.learning_rate "
                             "or use train.mixed_precision: bf16/no")
         t_side = time.perf_counter()
-        if state.step % p.val_every == 0 or state.step == p.max_steps:
-            validate(state.step)
+        if state.step % train_params.val_every == 0 or state.step == train_params.max_steps:
+            log_validation(run, state.step)
             if state.early.stop:
                 stop_reason = "early_stopping"
-        if main_proc and (state.step % p.checkpoint_every == 0 or state.step == p.max_steps or state.early.stop):
-            _save_checkpoint(ckpt_path, state, raw_unet, optimizer.optimizer, scheduler, scaler, fp)
+        if accelerator.is_main_process and (state.step % train_params.checkpoint_every == 0
+                                            or state.step == train_params.max_steps or state.early.stop):
+            save_checkpoint(ckpt_path, run, fp)
         side_seconds += time.perf_counter() - t_side
-        if gen_cuda and state.step == 1:
+        if model.device.type == "cuda" and state.step == 1:
             torch.cuda.reset_peak_memory_stats()
     bar.close()
     seconds = time.perf_counter() - t_start
     accelerator.wait_for_everyone()
 
-    report: dict = {}
-    if main_proc:
-        if state.history[-1]["step"] != state.step:
-            validate(state.step)
-        from safetensors.torch import save_file
-
-        last = lora_state(raw_unet)
-        with atomic_dir(out.lora_dir) as tmp:  # the old adapter stays until the new one is complete
-            best_file = save_lora(raw_unet, cfg, tmp, state.best_lora or last)
-            save_lora(raw_unet, cfg, tmp / "last", last)
-            kohya, meta = kohya_state(best_file)
-            save_file(kohya, str(tmp / KOHYA_WEIGHTS), metadata=meta)
-            canonicalize_safetensors(tmp / KOHYA_WEIGHTS)
-        base_val = state.history[0] if state.history[0]["step"] == 0 else None
-        # The saved adapter is the early-stopping best (an improvement must beat min_delta).
-        best = next(h for h in state.history if h["step"] == state.early.best_step)
-        steps_run = state.step - steps_at_start
-        report = {
-            "steps": state.step, "stop_reason": stop_reason, "best_step": best["step"],
-            "best_val": {k: best[k] for k in ("mse", "mae", "loss_std")},
-            "last_val": {k: state.history[-1][k] for k in ("mse", "mae", "loss_std")},
-            "base_val": {k: base_val[k] for k in ("mse", "mae", "loss_std")} if base_val else None,
-            "trainable_params": n_trainable, "unet_params": n_total, "lora_modules": len({
-                k.rsplit(".lora_", 1)[0] for k in last}),
-            "truncated_captions": {"train": batches.truncated, "val": val_trunc},
-            "resumed_from_step": steps_at_start or None,
-            "seconds": round(seconds, 2), "seconds_validation_and_checkpoints": round(side_seconds, 2),
-            "steps_per_second": round(steps_run / (seconds - side_seconds), 3) if steps_run else None,
-            "peak_memory_mib": _peak_memory_mib(device), "system": info, "params": to_dict(p),
-            "val_history": state.history,
-        }
-        live.summary = {"best_val_mse": best["mse"], "best_step": best["step"], "steps": state.step}
-        live.end()
+    report = finish(run, out, stop_reason, steps_at_start, seconds, side_seconds) if accelerator.is_main_process else {}
     accelerator.wait_for_everyone()
     accelerator.end_training()
+    return report
+
+
+def finish(run: Run, out: Outputs, stop_reason: str, steps_at_start: int, seconds: float,
+           side_seconds: float) -> dict:
+    """Save the best and last adapters (diffusers and kohya layouts) and build the report."""
+    from safetensors.torch import save_file
+
+    from .lora import KOHYA_WEIGHTS, kohya_state, save_lora
+
+    model, data, state = run.model, run.data, run.state
+    if state.history[-1]["step"] != state.step:
+        log_validation(run, state.step)
+    last = lora_state(model.raw_unet)
+    with atomic_dir(out.lora_dir) as tmp:  # the old adapter stays until the new one is complete
+        best_file = save_lora(model.raw_unet, model.lora_config, tmp, state.best_lora or last)
+        save_lora(model.raw_unet, model.lora_config, tmp / "last", last)
+        kohya, meta = kohya_state(best_file)
+        save_file(kohya, str(tmp / KOHYA_WEIGHTS), metadata=meta)
+        canonicalize_safetensors(tmp / KOHYA_WEIGHTS)
+    base_val = state.history[0] if state.history[0]["step"] == 0 else None
+    # The saved adapter is the early-stopping best (an improvement must beat min_delta).
+    best = next(h for h in state.history if h["step"] == state.early.best_step)
+    steps_run = state.step - steps_at_start
+    n_trainable = sum(q.numel() for q in model.lora_params)
+    report = {
+        "steps": state.step, "stop_reason": stop_reason, "best_step": best["step"],
+        "best_val": {k: best[k] for k in ("mse", "mae", "loss_std")},
+        "last_val": {k: state.history[-1][k] for k in ("mse", "mae", "loss_std")},
+        "base_val": {k: base_val[k] for k in ("mse", "mae", "loss_std")} if base_val else None,
+        "trainable_params": n_trainable, "unet_params": sum(q.numel() for q in model.raw_unet.parameters()),
+        "lora_modules": len({k.rsplit(".lora_", 1)[0] for k in last}),
+        "truncated_captions": {"train": data.batches.truncated, "val": data.val_truncated},
+        "resumed_from_step": steps_at_start or None,
+        "seconds": round(seconds, 2), "seconds_validation_and_checkpoints": round(side_seconds, 2),
+        "steps_per_second": round(steps_run / (seconds - side_seconds), 3) if steps_run else None,
+        "peak_memory_mib": _peak_memory_mib(model.device), "system": model.system,
+        "params": to_dict(run.params.train), "val_history": state.history,
+    }
+    run.live.summary = {"best_val_mse": best["mse"], "best_step": best["step"], "steps": state.step}
+    run.live.end()
     return report
 
 
@@ -512,11 +598,11 @@ def _truncate_live(live_dir: Path, step: int) -> None:
         atomic_write_text(tsv, "\n".join(keep) + "\n")
 
 
-def _log_sample(live, base, unet, p: TrainParams, resolution: int, step: int) -> None:
+def _log_sample(live, base, unet, train_params: TrainParams, resolution: int, step: int) -> None:
     """A fixed prompt and seed through the current adapter, logged as a step-numbered image."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    s = p.samples
+    s = train_params.samples
     pipe = StableDiffusionPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
                                    unet=unet, scheduler=DDIMScheduler.from_config(base.noise_scheduler.config),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)

@@ -2,25 +2,24 @@
 `tiny` is pretrained here on synthetic data of its own seed (a few minutes on 2 CPU cores)."""
 
 import logging
-from pathlib import Path
 
+from fashion_lora import paths
 from fashion_lora.base import provision_base
 from fashion_lora.params import load_params
 from fashion_lora.pretrain import provision_tiny
 from fashion_lora.utils import atomic_dir, run_stage, write_json
 
 log = logging.getLogger("stages.base_model")
-OUT = Path("models/base")
 
 
 def main() -> None:
     params = load_params()
-    with atomic_dir(OUT) as tmp:
+    with atomic_dir(paths.BASE) as tmp:
         if params.model.base == "tiny":
             info = provision_tiny(params.seed, tmp, params.model.pretrain, params.precompute.resolution)
         else:
             info = provision_base(params.model.base, params.seed, tmp)
-    write_json("reports/base_model.json", info)
+    write_json(paths.BASE_REPORT, info)
     log.info("models/base ready: %s", info)
 
 

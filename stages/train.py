@@ -5,8 +5,8 @@ Multi-process: `accelerate launch --multi_gpu -m stages.train` (GPUs) or
 """
 
 import logging
-from pathlib import Path
 
+from fashion_lora import paths
 from fashion_lora.params import load_params
 from fashion_lora.training import Outputs, train
 from fashion_lora.utils import run_stage, write_json
@@ -16,9 +16,9 @@ log = logging.getLogger("stages.train")
 
 def main() -> None:
     params = load_params()
-    out = Outputs(lora_dir=Path("models/lora"), live_dir=Path("reports/train"),
-                  report=Path("reports/train_report.json"), checkpoint_dir=Path("models/checkpoints"))
-    report = train(params, Path("models/base"), Path("data/latents"), out)
+    out = Outputs(lora_dir=paths.LORA, live_dir=paths.TRAIN_LIVE, report=paths.TRAIN_REPORT,
+                  checkpoint_dir=paths.CHECKPOINTS)
+    report = train(params, paths.BASE, paths.LATENTS, out)
     if report:  # main process only
         write_json(out.report, report)
         log.info("done: %d steps (%s), best val MSE %.5f at step %d (base %.5f), %.2f steps/s",

@@ -1,56 +1,16 @@
-"""Shared fixtures: a tiny base model built once, temp repo copies, and a dvc runner."""
+"""Fixtures: the tiny base built once, a small latent folder, a clean accelerate state.
+Helpers (params, repo copies, the dvc runner) are in tests/helpers.py."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
-import yaml
+import torch
 
-from fashion_lora.params import Params, load_params, parse_params
-
-REPO = Path(__file__).resolve().parents[1]
-
-# Small but complete settings for end-to-end runs of the real pipeline in a temp copy.
-SMALL = {
-    "model.base": "tiny-random",  # the pretrained default takes minutes; its own tests are in test_pretrain
-    "data.synthetic.count": 80,
-    "train.max_steps": 20,
-    "train.val_every": 10,
-    "train.checkpoint_every": 10,
-    "evaluate.repeats": 2,
-    "evaluate.attribute_prompts": 2,
-    "evaluate.attribute_steps": 2,
-    "generate.steps": [2, 3],
-    "generate.prompts": ["The lady wears a red dress.", "The gentleman wears a blue shirt."],
-}
-
-
-def set_key(raw: dict, dotted: str, value) -> None:
-    *path, last = dotted.split(".")
-    node = raw
-    for k in path:
-        node = node[k]
-    node[last] = value
-
-
-def raw_params(**overrides) -> dict:
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    for k, v in overrides.items():
-        set_key(raw, k, v)
-    return raw
-
-
-def small_params(extra: dict | None = None) -> Params:
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    for k, v in {**SMALL, **(extra or {})}.items():
-        set_key(raw, k, v)
-    return parse_params(raw)
+from fashion_lora.latents import ShardWriter
+from fashion_lora.params import Params, load_params
+from tests.helpers import CAPTIONS, REPO
 
 
 @pytest.fixture(scope="session")
@@ -67,72 +27,17 @@ def tiny_base(tmp_path_factory) -> Path:
     return out
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    # Stage commands run `python`: make it this interpreter (the project's venv).
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["DVC_NO_ANALYTICS"] = "1"
-    env.setdefault("GIT_AUTHOR_NAME", "test")
-    env.setdefault("GIT_AUTHOR_EMAIL", "test@example.com")
-    env.setdefault("GIT_COMMITTER_NAME", "test")
-    env.setdefault("GIT_COMMITTER_EMAIL", "test@example.com")
-    return env
-
-
-def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
-    return proc
-
-
-def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", "dvc", *args], repo, check=check)
-
-
-def git(repo: Path, *args: str) -> subprocess.CompletedProcess:
-    return run(["git", *args], repo)
-
-
-def make_repo(dest: Path, overrides: dict | None = None) -> Path:
-    """Copy the project's source files (tracked + new, not ignored) into a fresh git repo."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.splitlines()
-    for f in files:
-        src = REPO / f
-        if src.is_file() and not f.startswith("tests/"):
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / f)
-    (dest / "dvc.lock").unlink(missing_ok=True)
-    if overrides:
-        write_params(dest, overrides)
-    git(dest, "init", "-q", "-b", "main")
-    git(dest, "add", "-A")
-    git(dest, "commit", "-qm", "init")
-    return dest
-
-
-def write_params(repo: Path, overrides: dict) -> None:
-    raw = yaml.safe_load((repo / "params.yaml").read_text())
-    for k, v in overrides.items():
-        set_key(raw, k, v)
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-
-
-def render_offline(page: Path) -> str:
-    """The DOM of `page` after its scripts ran in headless Chromium, with every host unresolvable
-    (so any request to leave the machine fails)."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert chromium, "Chromium is needed for the plots test: apt-get install chromium (.ci/run does)"
-    with tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.run(
-            [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", '--host-resolver-rules=MAP * ~NOTFOUND',
-             "--virtual-time-budget=15000", "--dump-dom", page.as_uri()],
-            capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
+@pytest.fixture(scope="module")
+def latent_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("latents")
+    gen = torch.Generator().manual_seed(0)
+    w = ShardWriter(out, 16, torch.float16)
+    for i in range(40):
+        lat = torch.randn(4, 8, 8, generator=gen) * 0.8 + (i % 3) * 0.3
+        w.add(lat, {"image_name": f"{i}.jpg", "caption": CAPTIONS[i % 3], "split": "val" if i % 5 == 0 else "train",
+                    "crop": [0, 0, 1, 1], "orig_size": [1, 1]})
+    w.close({"resolution": 64})
+    return out
 
 
 @pytest.fixture(autouse=True)

@@ -16,7 +16,7 @@ from fashion_lora.filtering import filter_entries, sample_and_split
 from fashion_lora.images import load_rgb, prepare
 from fashion_lora.sources import fetch
 from fashion_lora.utils import UserError
-from tests.conftest import small_params
+from tests.helpers import small_params
 
 CAP = "The lady wears a short-sleeve red shirt with solid color patterns."
 RNG = np.random.default_rng(0)

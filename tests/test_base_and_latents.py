@@ -8,11 +8,10 @@ import torch
 from PIL import Image
 
 from fashion_lora.base import build_clip_tokenizer, load_base, provision_base
-from fashion_lora.images import blur, quality_reason, resize_crop
-from fashion_lora.images import prepare
-from fashion_lora.latents import LatentsError, ShardWriter, encode, load_latents, load_shard, to_vae_input
+from fashion_lora.images import prepare, quality_reason, resize_crop, to_vae_input
+from fashion_lora.latents import LatentsError, ShardWriter, encode, load_latents, load_shard
 from fashion_lora.utils import UserError
-from tests.conftest import small_params
+from tests.helpers import blur, small_params
 
 
 def test_tokenizer_matches_reference_ids(tmp_path):

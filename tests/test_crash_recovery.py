@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import SMALL, _env, dvc, make_repo
+from tests.helpers import SMALL, dvc, env, make_repo
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def repro_until(repo: Path, ready, timeout: float = 300) -> str:
     """Start `dvc repro`, SIGKILL its whole process group once `ready(log)` is true."""
     log = repo / "repro.log"
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=_env(), stdout=f,
+        proc = subprocess.Popen([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=env(), stdout=f,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     t0 = time.time()
     try:

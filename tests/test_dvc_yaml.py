@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SPEC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
@@ -14,8 +14,9 @@ SPEC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 def _local_imports(path: Path) -> set[str]:
     mods = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module is None and node.level == 1:
-            mods.update(a.name for a in node.names)  # from . import x
+        if isinstance(node, ast.ImportFrom) and (node.module is None and node.level == 1
+                                                 or node.module == "fashion_lora"):
+            mods.update(a.name for a in node.names)  # from . import x / from fashion_lora import x
         elif isinstance(node, ast.ImportFrom) and node.module:
             if node.module.startswith("fashion_lora."):
                 mods.add(node.module.split(".")[1])
@@ -72,13 +73,36 @@ def test_offline_plots_template_is_pinned_and_self_contained():
     assert "<script src" not in page
 
 
+def _declared(stage: dict) -> list[str]:
+    return [d if isinstance(d, str) else next(iter(d)) for d in stage["deps"] + stage.get("outs", [])]
+
+
 def test_every_pipeline_file_a_stage_names_is_a_dep_or_out():
     """A stage that reads `reports/...` (or data/, models/) without declaring it would not rerun
-    when that file changes."""
+    when that file changes. Stages name their files through `fashion_lora.paths`."""
+    from fashion_lora import paths
+
     for name, stage in SPEC.items():
         tree = ast.parse((REPO / f"stages/{name}.py").read_text())
-        paths = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
-                 and re.fullmatch(r"(data|models|reports)/[\w./-]+", n.value)}
-        declared = [d if isinstance(d, str) else next(iter(d)) for d in stage["deps"] + stage.get("outs", [])]
-        for path in paths:
+        named = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        named |= {str(getattr(paths, n.attr)) for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+                  and isinstance(n.value, ast.Name) and n.value.id == "paths"}
+        files = {p for p in named if re.fullmatch(r"(data|models|reports)/[\w./-]+", p)}
+        declared = _declared(stage)
+        for path in files:
             assert any(path == d or path.startswith(d.rstrip("/") + "/") for d in declared), (name, path)
+
+
+def test_dvc_yaml_outs_are_the_paths_module():
+    """Every out in dvc.yaml is a path of `fashion_lora.paths`, and every stage uses its own outs
+    through that module: the layout is written in one place."""
+    from fashion_lora import paths
+
+    known = {str(v) for v in vars(paths).values() if isinstance(v, Path)}
+    for name, stage in SPEC.items():
+        text = (REPO / f"stages/{name}.py").read_text()
+        for out in stage.get("outs", []):
+            out = out if isinstance(out, str) else next(iter(out))
+            assert out in known, f"{name}: out {out} is not in fashion_lora/paths.py"
+        used = {str(getattr(paths, a)) for a in re.findall(r"paths\.([A-Z_]+)", text)}
+        assert used, f"stage {name} names no path through fashion_lora.paths"

@@ -6,7 +6,7 @@ from PIL import Image
 
 from fashion_lora.filtering import DROP_REASONS, filter_entries, product_id, sample_and_split
 from fashion_lora.images import inspect_image
-from tests.conftest import small_params
+from tests.helpers import small_params
 
 CAP = "The lady wears a short-sleeve red shirt with solid color patterns."
 
@@ -146,12 +146,12 @@ def test_filter_stage_export_zip_and_report(tmp_path):
     import yaml
 
     from fashion_lora import synthetic
-    from tests.conftest import REPO, raw_params
+    from tests.helpers import REPO, raw_params
 
     for d in ("stages", "fashion_lora"):
         shutil.copytree(REPO / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params(**{"filter.export_zip": True})))
-    synthetic.generate(tmp_path / "data/raw", 40, seed=2)
+    synthetic.write_dataset(tmp_path / "data/raw", 40, seed=2)
     proc = subprocess.run([sys.executable, "-m", "stages.filter"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "kept" in proc.stderr  # the one-line summary

@@ -7,32 +7,32 @@ from PIL import Image
 
 from fashion_lora.evaluation import diversity, dominant_color, val_losses
 from fashion_lora.lora import load_pipeline
-from fashion_lora.pipeline import generate_image, grid, lora_enabled
+from fashion_lora.sampling import lora_enabled, sample_image
+from fashion_lora.sheets import grid
 from fashion_lora.synthetic import COLORS
 from fashion_lora.training import train
-from tests.conftest import REPO
-from tests.test_train import _outputs, _params, latent_dir  # noqa: F401  (fixture)
+from tests.helpers import REPO, outputs, train_params
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_base, latent_dir):  # noqa: F811
+def trained(tmp_path_factory, tiny_base, latent_dir):
     root = tmp_path_factory.mktemp("trained")
-    train(_params(max_steps=10, val_every=5), tiny_base, latent_dir, _outputs(root))
+    train(train_params(max_steps=10, val_every=5), tiny_base, latent_dir, outputs(root))
     return root / "lora"
 
 
 def test_generation_is_deterministic_and_lora_changes_it(tiny_base, trained):
     pipe = load_pipeline(tiny_base, trained, torch.device("cpu"))
     args = ("The lady wears a red dress.", "blurry", 3, 12.0, 7, 64, 64)
-    a, b = generate_image(pipe, *args), generate_image(pipe, *args)
+    a, b = sample_image(pipe, *args), sample_image(pipe, *args)
     assert a.tobytes() == b.tobytes()
     with lora_enabled(pipe, False):
-        base = generate_image(pipe, *args)
+        base = sample_image(pipe, *args)
     assert base.tobytes() != a.tobytes()
-    assert generate_image(pipe, *args).tobytes() == a.tobytes()  # LoRA back on after the block
+    assert sample_image(pipe, *args).tobytes() == a.tobytes()  # LoRA back on after the block
 
 
-def test_base_and_lora_losses_use_identical_inputs(tiny_base, trained, latent_dir):  # noqa: F811
+def test_base_and_lora_losses_use_identical_inputs(tiny_base, trained, latent_dir):
     from fashion_lora.latents import load_latents
 
     pipe = load_pipeline(tiny_base, trained, torch.device("cpu"))
@@ -72,17 +72,17 @@ def test_grid_layout():
 
 def test_cli_generates_an_image(tmp_path, tiny_base, trained):
     out = tmp_path / "x.png"
-    proc = subprocess.run([sys.executable, "-m", "fashion_lora.generate", "a red dress", "--steps", "2",
+    proc = subprocess.run([sys.executable, "-m", "fashion_lora", "generate", "a red dress", "--steps", "2",
                            "--base", str(tiny_base), "--lora", str(trained), "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert Image.open(out).size == (64, 64)
-    bad = subprocess.run([sys.executable, "-m", "fashion_lora.generate", "x", "--base", str(tiny_base),
+    bad = subprocess.run([sys.executable, "-m", "fashion_lora", "generate", "x", "--base", str(tiny_base),
                           "--lora", str(tmp_path / "nope"), "--out", str(out)], cwd=REPO, capture_output=True,
                          text=True)
     assert bad.returncode == 2 and "pytorch_lora_weights.safetensors" in bad.stderr
     assert "Traceback" not in bad.stderr
-    helptext = subprocess.run([sys.executable, "-m", "fashion_lora.generate", "--help"], cwd=REPO,
+    helptext = subprocess.run([sys.executable, "-m", "fashion_lora", "generate", "--help"], cwd=REPO,
                               capture_output=True, text=True).stdout
     assert "--steps" in helptext and "--lora" in helptext
 
@@ -93,9 +93,9 @@ def test_fused_export_matches_adapter(tmp_path, tiny_base, trained):
     export_fused(tiny_base, trained, tmp_path / "fused")
     fused = load_pipeline(tmp_path / "fused", None, torch.device("cpu"))
     adapter = load_pipeline(tiny_base, trained, torch.device("cpu"))
-    x, t, ehs = torch.randn(1, 4, 8, 8), torch.tensor([300]), torch.randn(1, 77, 64)
+    x, t, encoder_hidden_states = torch.randn(1, 4, 8, 8), torch.tensor([300]), torch.randn(1, 77, 64)
     with torch.no_grad():
-        assert (fused.unet(x, t, ehs).sample - adapter.unet(x, t, ehs).sample).abs().max() < 1e-4
+        assert (fused.unet(x, t, encoder_hidden_states).sample - adapter.unet(x, t, encoder_hidden_states).sample).abs().max() < 1e-4
     assert not any("lora" in k for k in fused.unet.state_dict())
 
 

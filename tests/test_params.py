@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from fashion_lora.params import ParamError, load_params, parse_params
-from tests.conftest import REPO, raw_params
+from tests.helpers import REPO, raw_params
 
 
 def test_default_params_load(params):

@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fashion_lora.params import ParamError, parse_params
-from tests.conftest import raw_params
+from tests.helpers import raw_params
 
 BASE = raw_params()
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from fashion_lora.filtering import product_id
-from tests.conftest import SMALL, dvc, git, make_repo, render_offline, write_params
+from tests.helpers import SMALL, dvc, git, make_repo, render_offline, write_params
 
 pytestmark = pytest.mark.slow
 STAGES = ("download", "base_model", "filter", "precompute", "train", "evaluate", "generate", "report")
@@ -168,7 +168,7 @@ def test_two_process_training_gives_one_adapter(repo):
     import sys
     from pathlib import Path
 
-    from tests.conftest import run
+    from tests.helpers import run
 
     torchrun = str(Path(sys.executable).parent / "torchrun")
     run([torchrun, "--nproc_per_node", "2", "-m", "stages.train"], repo)

@@ -14,11 +14,11 @@ from fashion_lora.evaluation import attribute_metrics, dominant_color
 from fashion_lora.images import resize_crop
 from fashion_lora.latents import ShardWriter, encode
 from fashion_lora.lora import load_pipeline
-from fashion_lora.pipeline import lora_enabled
+from fashion_lora.sampling import lora_enabled
 from fashion_lora.pretrain import COLOR_WORDS, corpus, provision_tiny, psnr, train_vae, withhold
 from fashion_lora.training import Outputs, train
 from fashion_lora.synthetic import COLORS, Garments, caption_for, random_garments, render
-from tests.conftest import small_params
+from tests.helpers import small_params
 
 
 def test_base_captions_never_hold_a_colour_word():
@@ -105,8 +105,8 @@ def _wrong_colour_loss_ratio(pipe, latents: torch.Tensor, captions: list[str]) -
     losses = []
     with torch.no_grad():
         for caps in (wrong, captions):
-            ehs = diffusion.encode_text(pipe.text_encoder, diffusion.tokenize(pipe.tokenizer, caps)[0])
-            losses.append(float(diffusion.per_sample_losses(pipe.unet, scheduler, latents, noise, t, ehs)[0].mean()))
+            encoder_hidden_states = diffusion.encode_text(pipe.text_encoder, diffusion.tokenize(pipe.tokenizer, caps)[0])
+            losses.append(float(diffusion.per_sample_losses(pipe.unet, scheduler, latents, noise, t, encoder_hidden_states)[0].mean()))
     return losses[0] / losses[1]
 
 

@@ -6,7 +6,7 @@ import torch
 
 from fashion_lora import diffusion
 from fashion_lora.lora import attach_lora, keep_lora_fp32, lora_state
-from tests.conftest import small_params
+from tests.helpers import small_params
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ from fashion_lora.evaluation import TORSO, dominant_color
 
 
 def test_generate_is_seeded_and_has_every_bad_kind(tmp_path):
-    a = synthetic.generate(tmp_path / "a", 60, seed=7)
-    b = synthetic.generate(tmp_path / "b", 60, seed=7)
+    a = synthetic.write_dataset(tmp_path / "a", 60, seed=7)
+    b = synthetic.write_dataset(tmp_path / "b", 60, seed=7)
     assert a["entries"] == b["entries"]
     files_a = sorted(p.name for p in (tmp_path / "a/images").iterdir())
     assert files_a == sorted(p.name for p in (tmp_path / "b/images").iterdir())
@@ -20,7 +20,7 @@ def test_generate_is_seeded_and_has_every_bad_kind(tmp_path):
 
 
 def test_names_are_deepfashion_style_with_several_views(tmp_path):
-    s = synthetic.generate(tmp_path, 60, seed=1)
+    s = synthetic.write_dataset(tmp_path, 60, seed=1)
     names = [e["image_name"] for e in s["entries"]]
     import re
 
@@ -32,7 +32,7 @@ def test_names_are_deepfashion_style_with_several_views(tmp_path):
 
 def test_captions_describe_the_image(tmp_path):
     """The caption names the upper garment's colour, and that colour is what the torso shows."""
-    s = synthetic.generate(tmp_path, 40, seed=3)
+    s = synthetic.write_dataset(tmp_path, 40, seed=3)
     captions = json.loads((tmp_path / "captions.json").read_text())
     checked = 0
     for e in s["entries"]:

@@ -2,52 +2,20 @@ import json
 import logging
 import math
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
 
 from fashion_lora import diffusion
 from fashion_lora.base import load_base
-from fashion_lora.latents import ShardWriter
 from fashion_lora.lora import LORA_WEIGHTS, attach_lora, keep_lora_fp32, lora_state, load_pipeline, save_lora
-from fashion_lora.training import EarlyStop, Outputs, lr_factor, train
+from fashion_lora.lr_schedule import lr_factor
+from fashion_lora.training import EarlyStop, train
 from fashion_lora.utils import UserError
-from tests.conftest import small_params
-
-CAPTIONS = ["The lady wears a short-sleeve red shirt with solid color patterns.",
-            "The gentleman wears a long-sleeve blue sweater with stripe patterns.",
-            "The lady wears a sleeveless green dress with dot patterns."]
-
-
-@pytest.fixture(scope="module")
-def latent_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("latents")
-    gen = torch.Generator().manual_seed(0)
-    w = ShardWriter(out, 16, torch.float16)
-    for i in range(40):
-        lat = torch.randn(4, 8, 8, generator=gen) * 0.8 + (i % 3) * 0.3
-        w.add(lat, {"image_name": f"{i}.jpg", "caption": CAPTIONS[i % 3], "split": "val" if i % 5 == 0 else "train",
-                    "crop": [0, 0, 1, 1], "orig_size": [1, 1]})
-    w.close({"resolution": 64})
-    return out
-
-
-def _params(**train_kw):
-    p = small_params()
-    lora = train_kw.pop("lora", None)
-    t = replace(p.train, **train_kw)
-    if lora:
-        t = replace(t, lora=replace(t.lora, **lora))
-    return replace(p, train=t)
-
-
-def _outputs(root: Path) -> Outputs:
-    return Outputs(root / "lora", root / "live", root / "report.json", root / "ckpt")
-
+from tests.helpers import CAPTIONS, outputs, small_params, train_params
 
 def test_only_lora_params_change(tiny_base):
-    p = _params()
+    p = train_params()
     base = load_base(tiny_base, torch.device("cpu"))
     unet = base.unet
     before = {k: v.clone() for k, v in unet.state_dict().items()}
@@ -57,9 +25,9 @@ def test_only_lora_params_change(tiny_base):
     opt = torch.optim.AdamW(params, lr=1e-2)
     lat = torch.randn(2, 4, 8, 8)
     noise, t = torch.randn_like(lat), torch.tensor([10, 900])
-    ehs = torch.randn(2, 77, 64)
+    encoder_hidden_states = torch.randn(2, 77, 64)
     for _ in range(2):  # two steps: lora_B starts at 0, so lora_A only moves from the second
-        loss = diffusion.training_loss(unet, base.noise_scheduler, lat, noise, t, ehs, None)
+        loss = diffusion.training_loss(unet, base.noise_scheduler, lat, noise, t, encoder_hidden_states, None)
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -72,7 +40,7 @@ def test_only_lora_params_change(tiny_base):
 
 
 def test_loss_decreases_on_fixed_batch(tiny_base):
-    p = _params()
+    p = train_params()
     base = load_base(tiny_base, torch.device("cpu"))
     attach_lora(base.unet, replace(p.train.lora, dropout=0.0))
     params = [q for q in base.unet.parameters() if q.requires_grad]
@@ -80,10 +48,10 @@ def test_loss_decreases_on_fixed_batch(tiny_base):
     g = torch.Generator().manual_seed(0)
     lat, noise = torch.randn(4, 4, 8, 8, generator=g), torch.randn(4, 4, 8, 8, generator=g)
     t = torch.tensor([100, 300, 500, 700])
-    ehs = torch.randn(4, 77, 64, generator=g)
+    encoder_hidden_states = torch.randn(4, 77, 64, generator=g)
     losses = []
     for _ in range(50):
-        loss = diffusion.training_loss(base.unet, base.noise_scheduler, lat, noise, t, ehs, None)
+        loss = diffusion.training_loss(base.unet, base.noise_scheduler, lat, noise, t, encoder_hidden_states, None)
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -92,7 +60,7 @@ def test_loss_decreases_on_fixed_batch(tiny_base):
 
 
 def test_saved_adapter_reloads_exactly_with_alpha_not_rank(tmp_path, tiny_base):
-    p = _params(lora={"rank": 4, "alpha": 12.0, "dropout": 0.1})
+    p = train_params(lora={"rank": 4, "alpha": 12.0, "dropout": 0.1})
     base = load_base(tiny_base, torch.device("cpu"))
     cfg = attach_lora(base.unet, p.train.lora)
     g = torch.Generator().manual_seed(1)
@@ -101,14 +69,14 @@ def test_saved_adapter_reloads_exactly_with_alpha_not_rank(tmp_path, tiny_base):
             if q.requires_grad:
                 q.add_(0.05 * torch.randn(q.shape, generator=g))
     base.unet.eval()
-    x, t, ehs = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([5, 600]), torch.randn(2, 77, 64, generator=g)
+    x, t, encoder_hidden_states = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([5, 600]), torch.randn(2, 77, 64, generator=g)
     with torch.no_grad():
-        ref = base.unet(x, t, ehs).sample
+        ref = base.unet(x, t, encoder_hidden_states).sample
     save_lora(base.unet, cfg, tmp_path)
     pipe = load_pipeline(tiny_base, tmp_path, torch.device("cpu"))
     assert not pipe.unet.training
     with torch.no_grad():
-        out = pipe.unet(x, t, ehs).sample
+        out = pipe.unet(x, t, encoder_hidden_states).sample
     assert (out - ref).abs().max().item() < 1e-5
     trained = {k.rsplit(".lora_", 1)[0] for k in lora_state(base.unet)}
     loaded = {n for n, m in pipe.unet.named_modules() if hasattr(m, "lora_A") and "fashion" in m.lora_A}
@@ -118,16 +86,16 @@ def test_saved_adapter_reloads_exactly_with_alpha_not_rank(tmp_path, tiny_base):
 
 
 def test_kohya_export_round_trips_through_diffusers(tmp_path, tiny_base, latent_dir):
-    p = _params(max_steps=6, val_every=3, lora={"rank": 4, "alpha": 8.0})
-    train(p, tiny_base, latent_dir, _outputs(tmp_path))
-    x, t, ehs = torch.randn(2, 4, 8, 8), torch.tensor([5, 600]), torch.randn(2, 77, 64)
+    p = train_params(max_steps=6, val_every=3, lora={"rank": 4, "alpha": 8.0})
+    train(p, tiny_base, latent_dir, outputs(tmp_path))
+    x, t, encoder_hidden_states = torch.randn(2, 4, 8, 8), torch.tensor([5, 600]), torch.randn(2, 77, 64)
     native = load_pipeline(tiny_base, tmp_path / "lora", torch.device("cpu"))
     kohya = load_pipeline(tiny_base, None, torch.device("cpu"))
     kohya.load_lora_weights(str(tmp_path / "lora"), weight_name="fashion_lora_kohya.safetensors")
     kohya.unet.eval()
     with torch.no_grad():
-        a, b = native.unet(x, t, ehs).sample, kohya.unet(x, t, ehs).sample
-        plain = load_pipeline(tiny_base, None, torch.device("cpu")).unet(x, t, ehs).sample
+        a, b = native.unet(x, t, encoder_hidden_states).sample, kohya.unet(x, t, encoder_hidden_states).sample
+        plain = load_pipeline(tiny_base, None, torch.device("cpu")).unet(x, t, encoder_hidden_states).sample
     assert (a - b).abs().max().item() < 1e-5
     assert (a - plain).abs().max().item() > 1e-4  # the adapter does something
     from safetensors import safe_open
@@ -176,9 +144,9 @@ def test_early_stopping_rule():
 
 
 def test_train_stops_early_on_flat_val(tmp_path, tiny_base, latent_dir):
-    p = _params(max_steps=40, val_every=2, early_stopping=replace(small_params().train.early_stopping,
+    p = train_params(max_steps=40, val_every=2, early_stopping=replace(small_params().train.early_stopping,
                                                                   patience=2, min_delta=10.0))
-    report = train(p, tiny_base, latent_dir, _outputs(tmp_path))
+    report = train(p, tiny_base, latent_dir, outputs(tmp_path))
     assert report["stop_reason"] == "early_stopping" and report["steps"] == 4
     assert report["best_step"] == 0
     # the saved best adapter is the step-0 one (B = 0, a no-op), not the last weights
@@ -191,8 +159,8 @@ def test_train_stops_early_on_flat_val(tmp_path, tiny_base, latent_dir):
 
 
 def test_resume_equals_uninterrupted_run(tmp_path, tiny_base, latent_dir):
-    p = _params(max_steps=12, val_every=4, checkpoint_every=4)
-    train(p, tiny_base, latent_dir, _outputs(tmp_path / "full"))
+    p = train_params(max_steps=12, val_every=4, checkpoint_every=4)
+    train(p, tiny_base, latent_dir, outputs(tmp_path / "full"))
 
     class Crash(Exception):
         pass
@@ -202,9 +170,9 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny_base, latent_dir):
             raise Crash()
 
     with pytest.raises(Crash):
-        train(p, tiny_base, latent_dir, _outputs(tmp_path / "cut"), on_validation=crash_at_8)
+        train(p, tiny_base, latent_dir, outputs(tmp_path / "cut"), on_validation=crash_at_8)
     assert not (tmp_path / "cut/lora").exists()
-    report = train(p, tiny_base, latent_dir, _outputs(tmp_path / "cut"))
+    report = train(p, tiny_base, latent_dir, outputs(tmp_path / "cut"))
     assert report["resumed_from_step"] == 4
     for rel in (LORA_WEIGHTS, f"last/{LORA_WEIGHTS}", "fashion_lora_kohya.safetensors"):
         assert (tmp_path / "full/lora" / rel).read_bytes() == (tmp_path / "cut/lora" / rel).read_bytes(), rel
@@ -214,11 +182,11 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny_base, latent_dir):
 
 
 def test_checkpoint_from_other_params_is_not_reused(tmp_path, tiny_base, latent_dir, caplog):
-    p = _params(max_steps=4, val_every=2, checkpoint_every=2)
-    train(p, tiny_base, latent_dir, _outputs(tmp_path))
-    p2 = _params(max_steps=4, val_every=2, checkpoint_every=2, learning_rate=1e-3)
+    p = train_params(max_steps=4, val_every=2, checkpoint_every=2)
+    train(p, tiny_base, latent_dir, outputs(tmp_path))
+    p2 = train_params(max_steps=4, val_every=2, checkpoint_every=2, learning_rate=1e-3)
     with caplog.at_level(logging.WARNING):
-        report = train(p2, tiny_base, latent_dir, _outputs(tmp_path))
+        report = train(p2, tiny_base, latent_dir, outputs(tmp_path))
     assert report["resumed_from_step"] is None
     assert "different train params" in caplog.text
     # a fresh (not resumed) run starts its dvclive curves anew, even in a kept folder
@@ -226,8 +194,8 @@ def test_checkpoint_from_other_params_is_not_reused(tmp_path, tiny_base, latent_
 
 
 def test_train_report_and_val_beats_base(tmp_path, tiny_base, latent_dir):
-    p = _params(max_steps=30, val_every=10)
-    report = train(p, tiny_base, latent_dir, _outputs(tmp_path))
+    p = train_params(max_steps=30, val_every=10)
+    report = train(p, tiny_base, latent_dir, outputs(tmp_path))
     assert report["best_val"]["mse"] < report["base_val"]["mse"]
     assert report["trainable_params"] > 0 and report["lora_modules"] == 92
     summary = json.loads((tmp_path / "live/metrics.json").read_text())
@@ -237,7 +205,7 @@ def test_train_report_and_val_beats_base(tmp_path, tiny_base, latent_dir):
 
 def test_bf16_base_keeps_lora_fp32(tiny_base):
     """The mixed-precision dtype rule, checked on CPU with bf16: base half, LoRA fp32, step works."""
-    p = _params()
+    p = train_params()
     base = load_base(tiny_base, torch.device("cpu"), dtype=torch.bfloat16)
     attach_lora(base.unet, p.train.lora)
     keep_lora_fp32(base.unet)
@@ -255,9 +223,9 @@ def test_bf16_base_keeps_lora_fp32(tiny_base):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 def test_cuda_without_gpu_fails_fast(tmp_path, tiny_base, latent_dir):
     with pytest.raises(UserError, match="train.device is 'cuda'"):
-        train(_params(device="cuda"), tiny_base, latent_dir, _outputs(tmp_path))
+        train(train_params(device="cuda"), tiny_base, latent_dir, outputs(tmp_path))
     with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
-        train(_params(device="cpu", mixed_precision="fp16"), tiny_base, latent_dir, _outputs(tmp_path))
+        train(train_params(device="cpu", mixed_precision="fp16"), tiny_base, latent_dir, outputs(tmp_path))
 
 
 def test_latent_augment_is_seeded_and_shape_preserving():
@@ -292,14 +260,14 @@ def test_timestep_bias_shifts_draws_to_high_noise():
 
 def test_samples_while_training_are_logged_per_step(tmp_path, tiny_base, latent_dir):
     base_p = small_params()
-    p = _params(max_steps=4, val_every=2, samples=replace(base_p.train.samples, every=1, steps=2))
-    train(p, tiny_base, latent_dir, _outputs(tmp_path))
+    p = train_params(max_steps=4, val_every=2, samples=replace(base_p.train.samples, every=1, steps=2))
+    train(p, tiny_base, latent_dir, outputs(tmp_path))
     names = sorted(f.name for f in (tmp_path / "live/plots/images/samples").glob("*.png"))
     assert names == ["step_000000.png", "step_000002.png", "step_000004.png"]
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_grads(tiny_base):
-    p = _params()
+    p = train_params()
     out = []
     for ckpt in (False, True):
         base = load_base(tiny_base, torch.device("cpu"))
@@ -324,13 +292,13 @@ def test_adamw8bit_without_bitsandbytes_is_a_clear_error(tmp_path, tiny_base, la
     if importlib.util.find_spec("bitsandbytes") is not None:
         pytest.fail("bitsandbytes is installed here; this test checks the error when it is missing")
     with pytest.raises(UserError, match="bitsandbytes"):
-        train(_params(optimizer="adamw8bit"), tiny_base, latent_dir, _outputs(tmp_path))
+        train(train_params(optimizer="adamw8bit"), tiny_base, latent_dir, outputs(tmp_path))
 
 
 def test_batches_rows_and_cached_text_embeddings(tiny_base):
     from fashion_lora.training import LatentBatches, TextEmbeddings
 
-    p = _params()
+    p = train_params()
     p = replace(p, train=replace(p.train, captions=replace(p.train.captions, dropout_prob=0.3, quality_prob=0.3)))
     base = load_base(tiny_base, torch.device("cpu"))
     caps = [CAPTIONS[i % 3] for i in range(10)]
@@ -349,8 +317,8 @@ def test_batches_rows_and_cached_text_embeddings(tiny_base):
 def test_bf16_mixed_precision_training_runs_end_to_end(tmp_path, tiny_base, latent_dir):
     """The mixed-precision code path (half base, fp32 LoRA, autocast in train and validation),
     exercised on CPU with bf16 since fp16 needs a GPU."""
-    report = train(_params(device="cpu", mixed_precision="bf16", max_steps=6, val_every=3), tiny_base, latent_dir,
-                   _outputs(tmp_path))
+    report = train(train_params(device="cpu", mixed_precision="bf16", max_steps=6, val_every=3), tiny_base, latent_dir,
+                   outputs(tmp_path))
     assert report["system"]["mixed_precision"] == "bf16"
     assert all(math.isfinite(h["mse"]) for h in report["val_history"])
     from safetensors.torch import load_file

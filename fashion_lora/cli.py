@@ -1,0 +1,95 @@
+"""Command line: render an image with the trained LoRA, or export the adapter.
+
+    python -m fashion_lora generate "The lady wears a red floral dress." --out out.png
+    python -m fashion_lora export fused out/fashion-sd      # diffusers folder, LoRA merged in
+    python -m fashion_lora export kohya out/fashion.safetensors
+
+Every default comes from params.yaml (the `generate` section and the pipeline's paths), so
+the CLI draws what the generate stage draws; --help shows the values in force.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from . import paths
+from .params import ParamError, load_params
+from .utils import UserError, resolve_device, setup_logging
+
+log = logging.getLogger("fashion_lora.cli")
+
+
+def build_parser(params_file: Path) -> argparse.ArgumentParser:
+    """Both subcommands, their defaults read from `params_file`."""
+    gen = load_params(params_file).generate
+    ap = argparse.ArgumentParser(prog="python -m fashion_lora", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--params", type=Path, default=params_file, help="params file the defaults come from")
+    sub = ap.add_subparsers(dest="command", required=True)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+    g = sub.add_parser("generate", help="render one image", formatter_class=fmt)
+    g.add_argument("prompt", help="text prompt, e.g. a DeepFashion-style caption")
+    g.add_argument("--out", type=Path, default=Path("out.png"), help="PNG to write")
+    g.add_argument("--base", type=Path, default=paths.BASE, help="base model folder (diffusers)")
+    g.add_argument("--lora", type=Path, default=paths.LORA,
+                   help="LoRA folder or .safetensors file (diffusers or kohya format)")
+    g.add_argument("--no-lora", action="store_true", help="render with the base model only")
+    g.add_argument("--steps", type=int, default=gen.steps[0], help="sampling steps (first of generate.steps)")
+    g.add_argument("--guidance", type=float, default=gen.guidance_scale,
+                   help="classifier-free guidance scale (generate.guidance_scale)")
+    g.add_argument("--negative", default=gen.negative_prompt, help="negative prompt (generate.negative_prompt)")
+    g.add_argument("--seed", type=int, default=gen.seed, help="noise seed: same seed, same image (generate.seed)")
+    g.add_argument("--height", type=int, default=gen.height, help="pixels (generate.height)")
+    g.add_argument("--width", type=int, default=gen.width, help="pixels (generate.width)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=gen.device, help="(generate.device)")
+
+    e = sub.add_parser("export", help="write the adapter in another form", formatter_class=fmt)
+    e.add_argument("format", choices=("fused", "kohya"), help="fused: full diffusers folder; kohya: one file")
+    e.add_argument("out", type=Path, help="output folder (fused) or .safetensors file (kohya)")
+    e.add_argument("--base", type=Path, default=paths.BASE)
+    e.add_argument("--lora", type=Path, default=paths.LORA)
+    return ap
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from .lora import load_pipeline
+    from .sampling import sample_image
+
+    if args.steps < 1:
+        raise UserError("--steps must be >= 1")
+    device = resolve_device(args.device, "--device")
+    pipe = load_pipeline(args.base, None if args.no_lora else args.lora, device)
+    pipe.set_progress_bar_config(disable=False, desc="denoise", leave=False)
+    image = sample_image(pipe, args.prompt, args.negative, args.steps, args.guidance, args.seed,
+                         args.height, args.width)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(args.out)
+    log.info("wrote %s (%dx%d, %d steps, guidance %g, seed %d, %s)", args.out, image.width, image.height,
+             args.steps, args.guidance, args.seed, "base only" if args.no_lora else f"LoRA {args.lora}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .export import export_fused, export_kohya
+
+    if args.format == "fused":
+        export_fused(args.base, args.lora, args.out)
+    else:
+        export_kohya(args.lora, args.out)
+    log.info("wrote %s (%s)", args.out, args.format)
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    # The params file must be known before the parser is built (it sets the defaults).
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--params", type=Path, default=paths.PARAMS)
+    known, _ = pre.parse_known_args(argv)
+    try:
+        args = build_parser(known.params).parse_args(argv)
+        {"generate": _generate, "export": _export}[args.command](args)
+    except (ParamError, UserError) as e:
+        log.error("%s", e)
+        return 2
+    return 0

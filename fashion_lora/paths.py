@@ -1,0 +1,40 @@
+"""Every file and folder the stages read and write, relative to the repository root.
+
+One place for the pipeline's layout: stages and tests use these names, and a test keeps
+`dvc.yaml`'s deps and outs in step with them.
+"""
+
+from pathlib import Path
+
+PARAMS = Path("params.yaml")
+
+# download
+RAW = Path("data/raw")
+RAW_IMAGES = RAW / "images"
+RAW_CAPTIONS = RAW / "captions.json"
+RAW_SOURCE = RAW / "source.json"
+# base_model
+BASE = Path("models/base")
+BASE_REPORT = Path("reports/base_model.json")
+# filter
+CSV = Path("data/fashion_data.csv")
+EXPORT = Path("data/export")
+FILTER_REPORT = Path("reports/filter.json")
+# precompute
+LATENTS = Path("data/latents")
+PRECOMPUTE_REPORT = Path("reports/precompute.json")
+# train
+LORA = Path("models/lora")
+CHECKPOINTS = Path("models/checkpoints")
+TRAIN_LIVE = Path("reports/train")
+TRAIN_REPORT = Path("reports/train_report.json")
+# evaluate
+EVALUATE = Path("reports/evaluate")
+EVALUATE_METRICS = EVALUATE / "metrics.json"
+EVALUATE_PER_COLOR = EVALUATE / "attribute_per_color.json"
+# generate
+GENERATE_IMAGES = Path("reports/generate/images")
+GENERATE_GRID = Path("reports/generate/grid.png")
+GENERATE_METRICS = Path("reports/generate/metrics.json")
+# report
+RESULTS = Path("reports/results.md")
