@@ -23,7 +23,8 @@ log = logging.getLogger("fashion_lora.cli")
 
 def build_parser(params_file: Path) -> argparse.ArgumentParser:
     """Both subcommands, their defaults read from `params_file`."""
-    gen = load_params(params_file).generate
+    params = load_params(params_file)
+    gen, (height, width) = params.generate, params.image_size
     ap = argparse.ArgumentParser(prog="python -m fashion_lora", description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", type=Path, default=params_file, help="params file the defaults come from")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -41,8 +42,8 @@ def build_parser(params_file: Path) -> argparse.ArgumentParser:
                    help="classifier-free guidance scale (generate.guidance_scale)")
     g.add_argument("--negative", default=gen.negative_prompt, help="negative prompt (generate.negative_prompt)")
     g.add_argument("--seed", type=int, default=gen.seed, help="noise seed: same seed, same image (generate.seed)")
-    g.add_argument("--height", type=int, default=gen.height, help="pixels (generate.height)")
-    g.add_argument("--width", type=int, default=gen.width, help="pixels (generate.width)")
+    g.add_argument("--height", type=int, default=height, help="pixels (generate.height, else precompute.resolution)")
+    g.add_argument("--width", type=int, default=width, help="pixels (generate.width, else precompute.resolution)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=gen.device, help="(generate.device)")
 
     e = sub.add_parser("export", help="write the adapter in another form", formatter_class=fmt)

@@ -101,12 +101,16 @@ def fixed_eval(n_items: int, shape: tuple[int, ...], repeats: int, num_timesteps
 
 @torch.no_grad()
 def eval_losses(unet, scheduler, latents: torch.Tensor, encoder_hidden_states: torch.Tensor, plan: FixedEval,
-                batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-evaluation (MSE, MAE) for the fixed plan; `encoder_hidden_states[i]` is latent i's text embedding."""
+                batch_size: int, desc: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-evaluation (MSE, MAE) for the fixed plan; `encoder_hidden_states[i]` is latent i's text
+    embedding. `desc` shows a progress bar under that name."""
+    from tqdm import tqdm
+
     device = next(unet.parameters()).device
     dtype = next(unet.parameters()).dtype
     mses, maes = [], []
-    for s in range(0, len(plan.item), batch_size):
+    starts = range(0, len(plan.item), batch_size)
+    for s in tqdm(starts, desc=desc, unit="batch", leave=False, mininterval=1.0, disable=desc is None):
         idx = plan.item[s:s + batch_size]
         lat = latents[idx].to(device, dtype)
         mse, mae = per_sample_losses(unet, scheduler, lat, plan.noise[s:s + batch_size].to(device, dtype),

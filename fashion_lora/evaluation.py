@@ -41,7 +41,7 @@ def val_losses(pipe, latents: torch.Tensor, captions: list[str], repeats: int, b
     for name, enabled in (("base", False), ("lora", True)):
         with lora_enabled(pipe, enabled):
             mse, mae = diffusion.eval_losses(pipe.unet, scheduler, latents, encoder_hidden_states, plan,
-                                               batch_size)
+                                               batch_size, desc=f"val loss ({name})")
         results[name] = (mse, mae)
     metrics = {name: diffusion.summarize(*results[name]) for name in results}
     base, lora = metrics["base"], metrics["lora"]
@@ -78,35 +78,53 @@ def diversity(images: list[Image.Image]) -> float:
 def attribute_metrics(pipe, n_colors: int, n_seeds: int, steps: int, guidance: float, negative: str,
                       height: int, width: int, seed: int) -> tuple[dict, dict[str, list[Image.Image]]]:
     """Colour-following accuracy (overall and per colour) and diversity, base vs LoRA, on the same
-    prompts and seeds."""
+    prompts and seeds. Images come back colour-major (`n_seeds` per colour), per model."""
+    from tqdm import tqdm
+
     colors = list(COLORS)[:n_colors]
     out: dict = {"chance": 1 / len(COLORS), "images_per_model": len(colors) * n_seeds,
-                 "per_color": {c: {} for c in colors}}
+                 "per_color": [{"colour": c} for c in colors]}  # rows: what `dvc plots` draws as bars
     images: dict[str, list[Image.Image]] = {}
+    bar = tqdm(total=2 * len(colors) * n_seeds, desc="colour images", unit="img", mininterval=1.0)
     for name, enabled in (("base", False), ("lora", True)):
         correct, divs, imgs = 0, [], []
+        bar.set_postfix(model=name, refresh=False)
         with lora_enabled(pipe, enabled):
-            for color in colors:
-                per_prompt = [sample_image(pipe, ATTRIBUTE_PROMPT.format(color=color), negative, steps,
-                                             guidance, seed + s, height, width) for s in range(n_seeds)]
+            for row, color in zip(out["per_color"], colors):
+                per_prompt = []
+                for s in range(n_seeds):
+                    per_prompt.append(sample_image(pipe, ATTRIBUTE_PROMPT.format(color=color), negative, steps,
+                                                   guidance, seed + s, height, width))
+                    bar.update(1)
                 hits = sum(dominant_color(im) == color for im in per_prompt)
-                out["per_color"][color][name] = hits / n_seeds
+                row[name] = hits / n_seeds
                 correct += hits
                 divs.append(diversity(per_prompt))
                 imgs.extend(per_prompt)
         out[f"{name}_accuracy"] = correct / (len(colors) * n_seeds)
         out[f"{name}_diversity"] = float(np.mean(divs))
         images[name] = imgs
+    bar.close()
     return out, images
 
 
-def attribute_sheet(images: dict[str, list[Image.Image]], n_colors: int, seed: int) -> Image.Image:
-    """Base vs LoRA for each colour prompt at its first seed, in `attribute_metrics`' image order
-    (colour-major, `n_seeds` per colour)."""
+def attribute_sheet(images: dict[str, list[Image.Image]], n_colors: int, seed: int, seeds_shown: int = 4) -> Image.Image:
+    """One row per colour prompt: its first `seeds_shown` seeds for the base, then for the LoRA,
+    each cell captioned with the colour the metric detected and framed green (counted correct)
+    or red (wrong). Images in `attribute_metrics`' order (colour-major)."""
     colors = list(COLORS)[:n_colors]
     per = len(images["base"]) // len(colors)
-    return grid([(f"{c} (seed {seed})", [("base", images["base"][i * per]), ("LoRA", images["lora"][i * per])])
-                 for i, c in enumerate(colors)], cell=96)
+    shown = min(seeds_shown, per)
+    rows = []
+    for i, color in enumerate(colors):
+        cells = []
+        for name, label in (("base", "base"), ("lora", "LoRA")):
+            for k in range(shown):
+                img = images[name][i * per + k]
+                found = dominant_color(img)
+                cells.append((f"{label} s{seed + k}", img, found, found == color))
+        rows.append((f"prompt: {color} shirt", cells))
+    return grid(rows, cell=96)
 
 
 def attribute_prompts(n_colors: int, n_seeds: int) -> list[str]:

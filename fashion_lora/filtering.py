@@ -17,6 +17,7 @@ from tqdm import tqdm
 from .captions import caption_reason, clean_caption, unsafe_name_reason
 from .images import inspect_image
 from .params import FilterParams, to_dict
+from .utils import ignore_sigint
 
 log = logging.getLogger(__name__)
 PARALLEL_MIN = 500
@@ -70,7 +71,7 @@ def filter_entries(captions: dict, images: Path, flt: FilterParams) -> tuple[lis
     bar = dict(total=len(names), desc="filter", unit="img", mininterval=1.0)
     # A process pool costs about a second to start: only worth it for real data set sizes.
     if flt.workers > 1 and len(names) >= PARALLEL_MIN:
-        with multiprocessing.get_context("spawn").Pool(flt.workers) as pool:
+        with multiprocessing.get_context("spawn").Pool(flt.workers, initializer=ignore_sigint) as pool:
             results = list(tqdm(pool.imap(check, names, chunksize=32), **bar))
     else:
         results = [check(n) for n in tqdm(names, **bar)]

@@ -12,6 +12,7 @@ sections' `validate()`.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields
@@ -250,7 +251,7 @@ class TrainParams:
                                 message="must be two numbers in [0, 1)")
     weight_decay: float = limits(ge=0)
     warmup_steps: int = limits(ge=0)
-    restart_period: int = limits(ge=1)  # CosineAnnealingWarmRestarts T_0, in optimizer steps after warmup
+    restart_period: Optional[int] = limits(ge=1)  # cosine restart period T_0 (steps); null = train.max_steps
     restart_mult: int = limits(ge=1)  # T_mult
     min_lr: float  # eta_min
     max_grad_norm: float = limits(gt=0)
@@ -272,6 +273,11 @@ class TrainParams:
 
     def validate(self) -> None:
         _check(0 <= self.min_lr <= self.learning_rate, "train.min_lr", "must be in [0, train.learning_rate]")
+
+    @property
+    def cosine_period(self) -> int:
+        """`restart_period`, or the whole run when it is null (so a shorter run still anneals)."""
+        return self.restart_period if self.restart_period is not None else self.max_steps
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -297,8 +303,8 @@ class GenerateParams:
                               message="must be a non-empty list of positive step counts")
     guidance_scale: float = limits(ge=0)
     seed: int
-    height: int = limits(**MULTIPLE_OF_8)
-    width: int = limits(**MULTIPLE_OF_8)
+    height: Optional[int] = limits(**MULTIPLE_OF_8)  # null = precompute.resolution
+    width: Optional[int] = limits(**MULTIPLE_OF_8)
 
 
 @dataclass(frozen=True)
@@ -312,8 +318,17 @@ class Params:
     evaluate: EvaluateParams
     generate: GenerateParams
 
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of generated images: `generate.*`, or the training resolution when null."""
+        gen, res = self.generate, self.precompute.resolution
+        return (gen.height if gen.height is not None else res, gen.width if gen.width is not None else res)
+
 
 # ----------------------------------------------------------------------------- loading
+YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -346,6 +361,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                f"must be an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and YAML11_FLOAT.fullmatch(value.strip()):
+            return float(value)  # `1e-4`: YAML 1.1 (PyYAML) reads exponents without a dot as strings
         _check(isinstance(value, (int, float)) and not isinstance(value, bool), key,
                f"must be a number, got {value!r}")
         return float(value)

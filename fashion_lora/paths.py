@@ -8,6 +8,9 @@ from pathlib import Path
 
 PARAMS = Path("params.yaml")
 
+# check (runs first: a bad param stops here, before DVC deletes any output)
+CHECK = Path("reports/check.txt")
+
 # download
 RAW = Path("data/raw")
 RAW_IMAGES = RAW / "images"
@@ -25,6 +28,8 @@ LATENTS = Path("data/latents")
 PRECOMPUTE_REPORT = Path("reports/precompute.json")
 # train
 LORA = Path("models/lora")
+# train's private resume state, deliberately not a DVC out: `dvc exp run` checks out every out
+# before running and would put the last completed run's checkpoint over an interrupted one.
 CHECKPOINTS = Path("models/checkpoints")
 TRAIN_LIVE = Path("reports/train")
 TRAIN_REPORT = Path("reports/train_report.json")
@@ -38,3 +43,5 @@ GENERATE_GRID = Path("reports/generate/grid.png")
 GENERATE_METRICS = Path("reports/generate/metrics.json")
 # report
 RESULTS = Path("reports/results.md")
+
+NOT_DVC_OUTS = (CHECKPOINTS,)

@@ -18,7 +18,7 @@ from .base import vae_scale_factor
 from .images import prepare, to_vae_input
 from .latents import ShardWriter, encode, iter_chunks
 from .params import PrecomputeParams, to_dict
-from .utils import UserError, atomic_dir
+from .utils import UserError, atomic_dir, ignore_sigint
 
 log = logging.getLogger(__name__)
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
@@ -39,7 +39,7 @@ def encode_dataset(df: pd.DataFrame, vae, pre: PrecomputeParams, out_dir: Path) 
     work = functools.partial(_prepare_row, pre=pre)
     rows = list(enumerate(df.image_path))
     window = pre.batch_size * 8
-    pool = (multiprocessing.get_context("spawn").Pool(pre.workers)
+    pool = (multiprocessing.get_context("spawn").Pool(pre.workers, initializer=ignore_sigint)
             if pre.workers > 1 and len(rows) > window else None)
     try:
         with atomic_dir(out_dir) as tmp, tqdm(total=len(rows), desc="precompute", unit="img",

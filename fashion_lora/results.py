@@ -10,12 +10,12 @@ def _fmt(v) -> str:
 
 
 def results_page(ev: dict, tr: dict, gen: dict, flt: dict, pre: dict, base: dict,
-                 per_color: Optional[dict]) -> str:
+                 per_color: Optional[list[dict]]) -> str:
     """The whole page; the colour section only when evaluate measured it, the base section only
     for the tiny base pretrained here."""
     lines = _loss_section(ev)
     if "attribute" in ev:
-        lines += _attribute_section(ev, per_color or {})
+        lines += _attribute_section(ev, per_color or [])
     if "vae_psnr_db" in base:  # model.base: tiny, pretrained by the base_model stage
         lines += _base_section(base)
     lines += _training_section(tr, gen, flt, pre)
@@ -41,7 +41,7 @@ def _loss_section(ev: dict) -> list[str]:
     ]
 
 
-def _attribute_section(ev: dict, per_color: dict) -> list[str]:
+def _attribute_section(ev: dict, per_color: list[dict]) -> list[str]:
     a = ev["attribute"]
     lines = [
         "## Generation: does the image follow the colour in the prompt?",
@@ -55,8 +55,9 @@ def _attribute_section(ev: dict, per_color: dict) -> list[str]:
         "![attribute sheet](evaluate/attribute_sheet.png)",
         "",
     ]
-    lines += ["| colour | " + " | ".join(per_color) + " |", "|---|" + "---|" * len(per_color),
-              *(f"| {m} | " + " | ".join(_fmt(v[m]) for v in per_color.values()) + " |" for m in ("base", "lora")),
+    lines += ["| colour | " + " | ".join(row["colour"] for row in per_color) + " |",
+              "|---|" + "---|" * len(per_color),
+              *(f"| {m} | " + " | ".join(_fmt(row[m]) for row in per_color) + " |" for m in ("base", "lora")),
               ""]
     return lines
 

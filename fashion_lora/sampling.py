@@ -42,9 +42,9 @@ def slug(text: str, n: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n].rstrip("-") or "prompt"
 
 
-def sample_prompt_grid(pipe, gen: GenerateParams, out_dir: Path) -> tuple[dict, dict[int, list[float]]]:
+def sample_prompt_grid(pipe, gen: GenerateParams, size: tuple[int, int], out_dir: Path) -> tuple[dict, dict[int, list[float]]]:
     """Every prompt x step count, base and LoRA with the same seed (`gen.seed` + prompt number),
-    saved as PNGs in `out_dir`. Returns the images by (prompt number, steps, model) and the
+    at `size` (height, width), saved as PNGs in `out_dir`. Returns the images by (prompt number, steps, model) and the
     seconds each image took, by step count."""
     from tqdm import tqdm
 
@@ -55,8 +55,7 @@ def sample_prompt_grid(pipe, gen: GenerateParams, out_dir: Path) -> tuple[dict, 
     for i, prompt, steps, model in tqdm(jobs, desc="generate", unit="img"):
         t0 = time.perf_counter()
         with lora_enabled(pipe, model == "lora"):
-            image = sample_image(pipe, prompt, gen.negative_prompt, steps, gen.guidance_scale, gen.seed + i,
-                                 gen.height, gen.width)
+            image = sample_image(pipe, prompt, gen.negative_prompt, steps, gen.guidance_scale, gen.seed + i, *size)
         seconds[steps].append(time.perf_counter() - t0)
         image.save(out_dir / f"{i:02d}_{slug(prompt)}_{steps}steps_{model}.png")
         images[i, steps, model] = image

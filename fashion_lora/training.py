@@ -8,11 +8,13 @@ uninterrupted one.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import math
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,10 +29,12 @@ from .latents import load_latents
 from .lr_schedule import lr_factor
 from .lora import attach_lora, keep_lora_fp32, lora_state
 from .params import Params, TrainParams, to_dict
-from .utils import UserError, atomic_dir, atomic_torch_save, atomic_write_text, canonicalize_safetensors, resolve_device
+from .utils import (Interrupted, UserError, atomic_dir, atomic_torch_save, atomic_write_bytes, canonicalize_safetensors,
+                    resolve_device, write_json)
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
+FINISHED = "finished.json"  # beside the checkpoint once its run ended: its report and final curves
 
 
 def step_seed(seed: int, step: int, stream: int) -> int:
@@ -192,6 +196,7 @@ class Run:
     state: RunState
     live: Any = None  # dvclive.Live on the main process
     on_validation: Optional[Callable[[int, dict], None]] = None
+    checkpoint_step: Optional[int] = None  # step of the last checkpoint written or restored
 
     def log_step(self, **metrics: float) -> None:
         """Training curves (train/loss, train/grad_norm, train/lr) at the current step."""
@@ -201,16 +206,53 @@ class Run:
                 self.live.log_metric(f"train/{name}", value)
 
 
-def fingerprint(params: Params, latent_dir: Path, base_dir: Path, processes: int) -> str:
-    """What a checkpoint must match to be resumed: train params, seed, process count (it sets
-    the batches), latents and base model."""
-    h = hashlib.sha256()
-    h.update(json.dumps({"seed": params.seed, "train": to_dict(params.train), "processes": processes},
-                        sort_keys=True).encode())
-    h.update((latent_dir / "index.json").read_bytes())
-    h.update((base_dir / "unet" / "config.json").read_bytes())
-    h.update(str(sorted((f.name, f.stat().st_size) for f in (base_dir / "unet").iterdir())).encode())
-    return h.hexdigest()
+# The modules whose code decides what a training step does (the train stage's code deps).
+TRAIN_CODE = ("training", "diffusion", "lora", "base", "latents", "lr_schedule", "params")
+
+
+def fingerprint(params: Params, latent_dir: Path, base_dir: Path, processes: int) -> dict[str, str]:
+    """What a checkpoint must match to be resumed, part by part, so a refusal can name the part:
+    train params and seed, process count (it sets the batches), latents, base model, code."""
+    def digest(*chunks: bytes) -> str:
+        return hashlib.sha256(b"".join(chunks)).hexdigest()
+
+    unet_dir = base_dir / "unet"
+    code_dir = Path(__file__).parent
+    return {
+        "params": json.dumps({"seed": params.seed, "train": to_dict(params.train)}, sort_keys=True),
+        "processes": str(processes),
+        "latents": digest((latent_dir / "index.json").read_bytes()),
+        "base": digest((unet_dir / "config.json").read_bytes(),
+                       str(sorted((f.name, f.stat().st_size) for f in unet_dir.iterdir())).encode()),
+        "code": digest(*((code_dir / f"{m}.py").read_bytes() for m in TRAIN_CODE)),
+    }
+
+
+def mismatch(saved: dict[str, str], current: dict[str, str]) -> list[str]:
+    """Why a checkpoint made under `saved` cannot continue a run under `current`, in words."""
+    reasons = []
+    if saved.get("params") != current["params"]:
+        old, new = _flat(json.loads(saved.get("params") or "{}")), _flat(json.loads(current["params"]))
+        changed = [f"{'' if k == 'seed' else 'train.'}{k.removeprefix('train.')} {old.get(k)!r} -> {new.get(k)!r}"
+                   for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        reasons.append("params changed (" + ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else "") + ")")
+    if saved.get("processes") != current["processes"]:
+        reasons.append(f"process count {saved.get('processes')} -> {current['processes']}")
+    for part, what in (("latents", "latents (data/latents) changed"), ("base", "base model (models/base) changed"),
+                       ("code", "training code changed (" + ", ".join(f"{m}.py" for m in TRAIN_CODE) + ")")):
+        if saved.get(part) != current[part]:
+            reasons.append(what)
+    return reasons
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def system_check(accelerator, device: torch.device) -> dict:
@@ -295,7 +337,7 @@ def setup_model(params: Params, base_dir: Path) -> Model:
         unet = torch.compile(unet)
     min_ratio = train_params.min_lr / train_params.learning_rate
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
-        s, train_params.warmup_steps, train_params.restart_period, train_params.restart_mult, min_ratio))
+        s, train_params.warmup_steps, train_params.cosine_period, train_params.restart_mult, min_ratio))
     # The LR scheduler is stepped by hand once per optimizer step (accelerate would step it
     # once per process).
     unet, optimizer = accelerator.prepare(unet, optimizer)
@@ -329,26 +371,41 @@ def setup_data(params: Params, model: Model, latent_dir: Path) -> Data:
     return Data(batches, text, val_latents, val_encoder_hidden_states, plan, val_truncated, resolution)
 
 
-def open_live(live_dir: Path, train_params: TrainParams, resumed_step: Optional[int]):
-    """dvclive logger; a resumed run keeps the curves up to its checkpoint."""
+def open_live(live_dir: Path, train_params: TrainParams, snapshot: Optional[dict[str, str]]):
+    """dvclive logger. A resumed run first puts back the curves saved in its checkpoint, so what
+    DVC or a previous run left in `live_dir` never mixes in."""
     from dvclive import Live
 
-    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=resumed_step is not None)
-    if resumed_step is not None:
-        _truncate_live(live_dir, resumed_step)
+    if snapshot is not None:
+        restore_live(live_dir, snapshot)
+    live = Live(str(live_dir), dvcyaml=False, save_dvc_exp=False, report=None, resume=snapshot is not None)
     live.log_params({"lora_rank": train_params.lora.rank, "lora_alpha": train_params.lora.alpha,
                      "learning_rate": train_params.learning_rate, "batch_size": train_params.batch_size,
                      "max_steps": train_params.max_steps})
     return live
 
 
+def snapshot_live(live_dir: Path) -> dict[str, str]:
+    """Every file dvclive wrote so far (curves, params, sample images), base64 by relative path."""
+    return {str(f.relative_to(live_dir)): base64.b64encode(f.read_bytes()).decode()
+            for f in sorted(live_dir.rglob("*")) if f.is_file()}
+
+
+def restore_live(live_dir: Path, snapshot: dict[str, str]) -> None:
+    if live_dir.exists():
+        shutil.rmtree(live_dir)
+    for rel, data in snapshot.items():
+        atomic_write_bytes(live_dir / rel, base64.b64decode(data))
+
+
 # ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Path, run: Run, fp: str) -> None:
-    """Everything a resumed run needs to continue bit-exactly (on CPU); `restore_checkpoint` reads it."""
+def save_checkpoint(path: Path, run: Run, fp: dict[str, str], live_dir: Path) -> None:
+    """Everything a resumed run needs to continue bit-exactly (on CPU), and the dvclive curves
+    logged so far; `restore_checkpoint` reads it."""
     model, state = run.model, run.state
     scaler = model.accelerator.scaler
     ckpt = {
-        "fingerprint": fp, "step": state.step, "lora": lora_state(model.raw_unet),
+        "fingerprint": json.dumps(fp, sort_keys=True), "step": state.step, "lora": lora_state(model.raw_unet),
         "best_lora": state.best_lora or {}, "optimizer": model.optimizer.optimizer.state_dict(),
         "lr_scheduler": model.lr_scheduler.state_dict(),  # lambdas are stored as None: code is never pickled
         "scaler": scaler.state_dict() if scaler is not None else {},
@@ -356,18 +413,21 @@ def save_checkpoint(path: Path, run: Run, fp: str) -> None:
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "early": state.early.state_dict(),
         "history": json.dumps(state.history),
+        "live": json.dumps(snapshot_live(live_dir)),
     }
     # Fresh tensors and interned keys: pickle memoizes by object identity, and the optimizer
     # state of a resumed run holds other (equal) objects than a fresh run's, which would change
-    # the bytes (and DVC's hash) of an equal checkpoint.
+    # the bytes of an equal checkpoint.
     atomic_torch_save(_fresh(ckpt), path)
+    run.checkpoint_step = state.step
 
 
-def restore_checkpoint(path: Path, run: Run, fp: str) -> bool:
-    """Load a checkpoint written by `save_checkpoint` into the run; False when there is none to use."""
+def restore_checkpoint(path: Path, run: Run, fp: dict[str, str]) -> Optional[dict]:
+    """Load a checkpoint written by `save_checkpoint` into the run. Returns it, or None when
+    there is none to use (the log says why)."""
     ckpt = _load_checkpoint(path, fp)
     if ckpt is None:
-        return False
+        return None
     model, state = run.model, run.state
     _set_lora(model.raw_unet, ckpt["lora"])
     model.optimizer.optimizer.load_state_dict(ckpt["optimizer"])
@@ -378,13 +438,11 @@ def restore_checkpoint(path: Path, run: Run, fp: str) -> bool:
     torch.set_rng_state(ckpt["rng"])
     if torch.cuda.is_available() and ckpt["cuda_rng"]:
         torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-    state.step = ckpt["step"]
+    state.step = run.checkpoint_step = ckpt["step"]
     state.early.load_state_dict(ckpt["early"])
     state.best_lora = ckpt["best_lora"] or None
     state.history = json.loads(ckpt["history"])
-    log.info("resuming from %s at step %d (best val MSE %.5f at step %d)", path, state.step,
-             state.early.best, state.early.best_step)
-    return True
+    return ckpt
 
 
 def _fresh(obj):
@@ -397,17 +455,19 @@ def _fresh(obj):
     return obj
 
 
-def _load_checkpoint(path: Path, fp: str) -> Optional[dict]:
+def _load_checkpoint(path: Path, fp: dict[str, str]) -> Optional[dict]:
     if not path.is_file():
         return None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        saved = json.loads(ckpt["fingerprint"]) if isinstance(ckpt.get("fingerprint"), str) else {}
     except Exception as e:  # a corrupt checkpoint must not block training: start fresh, loudly
         log.warning("ignoring unreadable checkpoint %s (%s); starting from step 0", path, e)
         return None
-    if ckpt.get("fingerprint") != fp:
-        log.warning("checkpoint %s was made with different train params, latents or base model; "
-                    "not resuming (starting from step 0)", path)
+    reasons = mismatch(saved, fp) if saved else ["it was written by an older version of this code"]
+    if reasons:
+        log.warning("not resuming from %s (step %s): %s; starting from step 0", path, ckpt.get("step"),
+                    "; ".join(reasons))
         return None
     return ckpt
 
@@ -429,7 +489,8 @@ def log_validation(run: Run, step: int) -> dict:
     with model.accelerator.autocast():  # a half-precision base with fp32 LoRA needs autocast on GPU
         mse, mae = diffusion.eval_losses(unet, model.base.noise_scheduler, data.val_latents,
                                          data.val_encoder_hidden_states, data.val_plan,
-                                         batch_size=max(train_params.batch_size, 16))
+                                         batch_size=max(train_params.batch_size, 16),
+                                         desc="validation (base model)" if step == 0 else None)
     unet.train()
     metrics = diffusion.summarize(mse, mae)
     improved = state.early.update(metrics["mse"], step)
@@ -455,25 +516,50 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
           on_validation: Optional[Callable[[int, dict], None]] = None) -> dict:
     """Train the LoRA; write adapter, dvclive metrics, report and checkpoints. Returns the report
     (empty on processes other than the main one)."""
-    from tqdm import tqdm
-
     train_params = params.train
     model = setup_model(params, base_dir)
     data = setup_data(params, model, latent_dir)
-    accelerator, base, unet, optimizer = model.accelerator, model.base, model.unet, model.optimizer
+    accelerator = model.accelerator
     stopping = train_params.early_stopping
     run = Run(params, model, data, RunState(EarlyStop(stopping.patience, stopping.min_delta)), on_validation=on_validation)
     state = run.state
     ckpt_path = out.checkpoint_dir / CHECKPOINT
     fp = fingerprint(params, latent_dir, base_dir, accelerator.num_processes)
-    resumed = restore_checkpoint(ckpt_path, run, fp)
-    if not resumed:
+    ckpt = restore_checkpoint(ckpt_path, run, fp)
+    finished = finished_run(out.checkpoint_dir, fp, state.step) if ckpt is not None else None
+    if finished is not None:  # the same run ran to its end before: same files again, no training
+        return reuse_finished(run, out, finished)
+    if ckpt is None:
         torch.manual_seed(params.seed)
+    else:
+        log.info("resuming from %s at step %d (best val MSE %.5f at step %d)", ckpt_path, state.step,
+                 state.early.best, state.early.best_step)
     if accelerator.is_main_process:
-        run.live = open_live(out.live_dir, train_params, state.step if resumed else None)
+        run.live = open_live(out.live_dir, train_params, json.loads(ckpt["live"]) if ckpt is not None else None)
     if state.step == 0 and not state.history:
         log_validation(run, 0)  # step 0 = the base model itself (LoRA B=0)
 
+    try:
+        stop_reason, steps_at_start, seconds, side_seconds = training_loop(run, out, ckpt_path, fp)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_message(run, ckpt_path)) from None
+    accelerator.wait_for_everyone()
+    report = (finish(run, out, fp, stop_reason, steps_at_start, seconds, side_seconds)
+              if accelerator.is_main_process else {})
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return report
+
+
+def training_loop(run: Run, out: Outputs, ckpt_path: Path, fp: dict[str, str]) -> tuple[str, int, float, float]:
+    """Optimizer steps from `run.state.step` to the end (max_steps or early stopping), with
+    validation and checkpoints. Returns why it stopped, the first step, seconds in all and in
+    validation/checkpoints."""
+    from tqdm import tqdm
+
+    params, model, data, state = run.params, run.model, run.data, run.state
+    train_params, accelerator, base = params.train, model.accelerator, model.base
+    unet, optimizer = model.unet, model.optimizer
     stop_reason = "max_steps"
     t_start = time.perf_counter()
     side_seconds = 0.0  # validation and checkpoints inside the loop: reported apart from step speed
@@ -521,30 +607,64 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
                 stop_reason = "early_stopping"
         if accelerator.is_main_process and (state.step % train_params.checkpoint_every == 0
                                             or state.step == train_params.max_steps or state.early.stop):
-            save_checkpoint(ckpt_path, run, fp)
+            save_checkpoint(ckpt_path, run, fp, out.live_dir)
         side_seconds += time.perf_counter() - t_side
         if model.device.type == "cuda" and state.step == 1:
             torch.cuda.reset_peak_memory_stats()
     bar.close()
-    seconds = time.perf_counter() - t_start
-    accelerator.wait_for_everyone()
+    return stop_reason, steps_at_start, time.perf_counter() - t_start, side_seconds
 
-    report = finish(run, out, stop_reason, steps_at_start, seconds, side_seconds) if accelerator.is_main_process else {}
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+
+def interrupted_message(run: Run, ckpt_path: Path) -> str:
+    """The one line a Ctrl-C leaves: where it stopped and how to go on."""
+    saved = (f"last checkpoint at step {run.checkpoint_step} ({ckpt_path})" if run.checkpoint_step is not None
+             else "no checkpoint yet (train.checkpoint_every)")
+    return (f"train: stopped at step {run.state.step} of {run.params.train.max_steps}; {saved}. Run the same "
+            "`dvc repro` or `dvc exp run ...` command again to resume from it")
+
+
+def finish(run: Run, out: Outputs, fp: dict[str, str], stop_reason: str, steps_at_start: int, seconds: float,
+           side_seconds: float) -> dict:
+    """Save the best and last adapters (diffusers and kohya layouts), build the report, and
+    record the finished run beside its checkpoint (so a rerun of it changes nothing)."""
+    model, data, state = run.model, run.data, run.state
+    if state.history[-1]["step"] != state.step:
+        log_validation(run, state.step)
+    last = save_adapters(run, out)
+    base_val = state.history[0] if state.history[0]["step"] == 0 else None
+    # The saved adapter is the early-stopping best (an improvement must beat min_delta).
+    best = next(h for h in state.history if h["step"] == state.early.best_step)
+    steps_run = state.step - steps_at_start
+    report = {
+        "steps": state.step, "stop_reason": stop_reason, "best_step": best["step"],
+        "best_val": {k: best[k] for k in ("mse", "mae", "loss_std")},
+        "last_val": {k: state.history[-1][k] for k in ("mse", "mae", "loss_std")},
+        "base_val": {k: base_val[k] for k in ("mse", "mae", "loss_std")} if base_val else None,
+        "trainable_params": sum(q.numel() for q in model.lora_params),
+        "unet_params": sum(q.numel() for q in model.raw_unet.parameters()),
+        "lora_modules": len({k.rsplit(".lora_", 1)[0] for k in last}),
+        "truncated_captions": {"train": data.batches.truncated, "val": data.val_truncated},
+        "resumed_from_step": steps_at_start or None,
+        "seconds": round(seconds, 2), "seconds_validation_and_checkpoints": round(side_seconds, 2),
+        "steps_per_second": round(steps_run / (seconds - side_seconds), 3) if steps_run else None,
+        "peak_memory_mib": _peak_memory_mib(model.device), "system": model.system,
+        "params": to_dict(run.params.train), "lr_restart_period": run.params.train.cosine_period,
+        "val_history": state.history,
+    }
+    run.live.summary = {"best_val_mse": best["mse"], "best_step": best["step"], "steps": state.step}
+    run.live.end()
+    write_json(out.checkpoint_dir / FINISHED, {"fingerprint": fp, "step": state.step, "report": report,
+                                               "live": snapshot_live(out.live_dir)})
     return report
 
 
-def finish(run: Run, out: Outputs, stop_reason: str, steps_at_start: int, seconds: float,
-           side_seconds: float) -> dict:
-    """Save the best and last adapters (diffusers and kohya layouts) and build the report."""
+def save_adapters(run: Run, out: Outputs) -> dict:
+    """models/lora: the best adapter (diffusers and kohya layouts) and the last one; returns the last."""
     from safetensors.torch import save_file
 
     from .lora import KOHYA_WEIGHTS, kohya_state, save_lora
 
-    model, data, state = run.model, run.data, run.state
-    if state.history[-1]["step"] != state.step:
-        log_validation(run, state.step)
+    model, state = run.model, run.state
     last = lora_state(model.raw_unet)
     with atomic_dir(out.lora_dir) as tmp:  # the old adapter stays until the new one is complete
         best_file = save_lora(model.raw_unet, model.lora_config, tmp, state.best_lora or last)
@@ -552,27 +672,33 @@ def finish(run: Run, out: Outputs, stop_reason: str, steps_at_start: int, second
         kohya, meta = kohya_state(best_file)
         save_file(kohya, str(tmp / KOHYA_WEIGHTS), metadata=meta)
         canonicalize_safetensors(tmp / KOHYA_WEIGHTS)
-    base_val = state.history[0] if state.history[0]["step"] == 0 else None
-    # The saved adapter is the early-stopping best (an improvement must beat min_delta).
-    best = next(h for h in state.history if h["step"] == state.early.best_step)
-    steps_run = state.step - steps_at_start
-    n_trainable = sum(q.numel() for q in model.lora_params)
-    report = {
-        "steps": state.step, "stop_reason": stop_reason, "best_step": best["step"],
-        "best_val": {k: best[k] for k in ("mse", "mae", "loss_std")},
-        "last_val": {k: state.history[-1][k] for k in ("mse", "mae", "loss_std")},
-        "base_val": {k: base_val[k] for k in ("mse", "mae", "loss_std")} if base_val else None,
-        "trainable_params": n_trainable, "unet_params": sum(q.numel() for q in model.raw_unet.parameters()),
-        "lora_modules": len({k.rsplit(".lora_", 1)[0] for k in last}),
-        "truncated_captions": {"train": data.batches.truncated, "val": data.val_truncated},
-        "resumed_from_step": steps_at_start or None,
-        "seconds": round(seconds, 2), "seconds_validation_and_checkpoints": round(side_seconds, 2),
-        "steps_per_second": round(steps_run / (seconds - side_seconds), 3) if steps_run else None,
-        "peak_memory_mib": _peak_memory_mib(model.device), "system": model.system,
-        "params": to_dict(run.params.train), "val_history": state.history,
-    }
-    run.live.summary = {"best_val_mse": best["mse"], "best_step": best["step"], "steps": state.step}
-    run.live.end()
+    return last
+
+
+def finished_run(checkpoint_dir: Path, fp: dict[str, str], step: int) -> Optional[dict]:
+    """The record `finish` left for this very run (same fingerprint and step), or None."""
+    path = checkpoint_dir / FINISHED
+    try:
+        record = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return record if record and record.get("fingerprint") == fp and record.get("step") == step else None
+
+
+def reuse_finished(run: Run, out: Outputs, finished: dict) -> dict:
+    """Rewrite the finished run's adapter, curves and report from its checkpoint: a rerun of a
+    completed training run (`dvc repro -f`, a restored workspace) gives the same files."""
+    accelerator = run.model.accelerator
+    report: dict = {}
+    if accelerator.is_main_process:
+        log.info("%s holds this run finished at step %d (same params, data, base and code): writing its "
+                 "adapter and reports again instead of training (delete the folder to train anew)",
+                 out.checkpoint_dir, run.state.step)
+        save_adapters(run, out)
+        restore_live(out.live_dir, finished["live"])
+        report = finished["report"]
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     return report
 
 
@@ -582,20 +708,6 @@ def _peak_memory_mib(device: torch.device) -> float:
     import resource
 
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
-
-
-def _truncate_live(live_dir: Path, step: int) -> None:
-    """Drop dvclive rows logged after the checkpoint, so a resumed run has no duplicate steps."""
-    for tsv in (live_dir / "plots" / "metrics").rglob("*.tsv"):
-        lines = tsv.read_text().splitlines()
-        if not lines:
-            continue
-        header = lines[0].split("\t")
-        col = header.index("step")
-        # A kill can leave a half-written last row: keep only complete rows up to the checkpoint.
-        keep = [lines[0]] + [ln for ln in lines[1:] if len(ln.split("\t")) == len(header)
-                             and ln.split("\t")[col].isdigit() and int(ln.split("\t")[col]) <= step]
-        atomic_write_text(tsv, "\n".join(keep) + "\n")
 
 
 def _log_sample(live, base, unet, train_params: TrainParams, resolution: int, step: int) -> None:

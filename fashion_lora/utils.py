@@ -22,6 +22,10 @@ class UserError(RuntimeError):
     """A problem the user can fix (bad input, missing file, wrong setting): one clear line."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with the one line that says where the stage stopped and how to go on."""
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
@@ -50,6 +54,18 @@ def run_stage(main: Callable[[], None]) -> None:
     except (ParamError, UserError) as e:
         log.error("%s", e)
         sys.exit(2)
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, no traceback, the shell's exit code for SIGINT
+        log.error("%s", str(e) or "interrupted; outputs are written atomically, so each is the previous "
+                  "complete one or absent. Run the same `dvc repro` / `dvc exp run` command again to finish")
+        sys.exit(130)
+
+
+def ignore_sigint() -> None:
+    """Pool-worker initializer: Ctrl-C reaches the whole process group, and only the parent
+    should answer it (workers would each print a KeyboardInterrupt traceback)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def set_seed(seed: int) -> None:

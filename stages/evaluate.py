@@ -29,7 +29,7 @@ def main() -> None:
              metrics["evaluations"])
     if ev.attribute_prompts:
         attr, images = attribute_metrics(pipe, ev.attribute_prompts, ev.attribute_seeds, ev.attribute_steps,
-                                         gen.guidance_scale, gen.negative_prompt, gen.height, gen.width, params.seed)
+                                         gen.guidance_scale, gen.negative_prompt, *params.image_size, params.seed)
         per_color = attr.pop("per_color")  # its own file: 16 more metric columns would crowd `dvc exp show`
         metrics["attribute"] = attr
         log.info("colour attribute accuracy: base %.2f, LoRA %.2f (chance %.2f)", attr["base_accuracy"],

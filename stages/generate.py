@@ -19,7 +19,7 @@ def main() -> None:
     device = resolve_device(gen.device, "generate.device")
     pipe = load_pipeline(paths.BASE, paths.LORA, device)
     with atomic_dir(paths.GENERATE_IMAGES) as tmp:
-        images, seconds = sample_prompt_grid(pipe, gen, tmp)
+        images, seconds = sample_prompt_grid(pipe, gen, params.image_size, tmp)
     rows = [(prompt, [(f"{s} steps {m}", images[i, s, m]) for s in gen.steps for m in ("base", "lora")])
             for i, prompt in enumerate(gen.prompts)]
     buf = io.BytesIO()

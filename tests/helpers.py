@@ -94,7 +94,7 @@ def make_repo(dest: Path, overrides: dict | None = None) -> Path:
                            text=True, check=True).stdout.splitlines()
     for f in files:
         src = REPO / f
-        if src.is_file() and not f.startswith("tests/"):
+        if src.is_file() and not f.startswith(("tests/", "reports/")):  # reports/: the last run's outputs
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / f)
     (dest / "dvc.lock").unlink(missing_ok=True)

@@ -88,3 +88,35 @@ def test_stage_exits_with_one_line_error(tmp_path):
     assert proc.returncode == 2
     assert "filter.val_fraction" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_yaml11_exponent_floats_parse():
+    """PyYAML (YAML 1.1) reads `1e-4` as a string; as a float param it is the number 0.0001."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text().replace("learning_rate: 0.005", "learning_rate: 1e-4"))
+    assert raw["train"]["learning_rate"] == "1e-4"  # what the YAML parser hands over
+    assert parse_params(raw).train.learning_rate == 1e-4
+    with pytest.raises(ParamError, match="train.learning_rate' must be a number, got '1e-4x'"):
+        parse_params(raw_params(**{"train.learning_rate": "1e-4x"}))
+
+
+def test_derived_params_follow_their_source():
+    p = parse_params(raw_params(**{"train.max_steps": 400}))
+    assert p.train.restart_period is None and p.train.cosine_period == 400  # empty = one cycle over the run
+    assert parse_params(raw_params(**{"train.restart_period": 100})).train.cosine_period == 100
+    p = parse_params(raw_params(**{"precompute.resolution": 512}))
+    assert p.image_size == (512, 512)  # generate.height/width empty = the training resolution
+    assert parse_params(raw_params(**{"generate.height": 96})).image_size == (96, 64)
+
+
+def test_one_set_param_changes_one_line(tmp_path):
+    """`dvc exp run -S key=value` rewrites params.yaml with DVC's YAML writer: the file is kept in
+    that layout, so the diff is the one line."""
+    from dvc.utils.hydra import apply_overrides
+
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    apply_overrides(path, ["train.lora.rank=4"])
+    before, after = (REPO / "params.yaml").read_text().splitlines(), path.read_text().splitlines()
+    assert len(before) == len(after)
+    changed = [(a, b) for a, b in zip(before, after) if a != b]
+    assert changed == [("    rank: 12", "    rank: 4")]

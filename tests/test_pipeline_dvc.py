@@ -1,17 +1,23 @@
 """End-to-end: the real `dvc` CLI on the real stages, in a temporary git copy of the repo."""
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
 from fashion_lora.filtering import product_id
-from tests.helpers import SMALL, dvc, git, make_repo, render_offline, write_params
+from tests.helpers import SMALL, dvc, env, git, make_repo, render_offline, run, write_params
 
 pytestmark = pytest.mark.slow
-STAGES = ("download", "base_model", "filter", "precompute", "train", "evaluate", "generate", "report")
+STAGES = ("check", "download", "base_model", "filter", "precompute", "train", "evaluate", "generate", "report")
 
 
 def ran(proc) -> set[str]:
@@ -69,6 +75,96 @@ def test_noop_repro_and_clean_status(repo):
     assert git(repo, "status", "--porcelain").stdout.strip() == ""  # no stray files for git
 
 
+def _tree_bytes(root: Path) -> dict:
+    return {str(f.relative_to(root)): f.read_bytes() for f in sorted(root.rglob("*")) if f.is_file()}
+
+
+@pytest.mark.parametrize("key,value,named", [
+    ("train.lora.rnak", 4, "train.lora.rnak"),                      # unknown key
+    ("train.lora.rank", "four", "train.lora.rank"),                 # wrong type
+    ("train.lora.rank", -4, "train.lora.rank"),                     # out of range
+    ("data.local.images", "/no/such/folder", "data.local.images"),  # missing input path
+    ("model.base", "/no/such/model", "model.base"),
+])
+def test_bad_param_deletes_no_output(repo, key, value, named):
+    """DVC removes a stage's outs before running it; the check stage refuses bad params first."""
+    before = {rel: _tree_bytes(repo / rel) for rel in ("data/raw", "models/lora", "reports/generate")}
+    overrides = {key: value, **({"data.source": "local", "data.local.captions": "/no/such.json"}
+                                if key.startswith("data.local") else {})}
+    raw = yaml.safe_load((repo / "params.yaml").read_text())
+    node = raw
+    *path, last = key.split(".")
+    for k in path:
+        node = node[k]
+    node[last] = value
+    for k, v in overrides.items():
+        if k != key:
+            n = raw
+            *pp, ll = k.split(".")
+            for kk in pp:
+                n = n[kk]
+            n[ll] = v
+    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    try:
+        proc = dvc(repo, "repro", check=False)
+        assert proc.returncode != 0 and named in proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stdout + proc.stderr
+        assert ran(proc) == {"check"}
+        assert "deleted" not in dvc(repo, "status").stdout
+        for rel, files in before.items():
+            assert _tree_bytes(repo / rel) == files, rel
+    finally:
+        git(repo, "checkout", "--", "params.yaml")
+    assert ran(dvc(repo, "repro")) == {"check"}  # fixed params: check passes, writes the same file, nothing else reruns
+
+
+def test_rerun_of_finished_train_leaves_identical_reports(repo):
+    keep = ("models/lora", "reports/train")
+    before = {rel: _tree_bytes(repo / rel) for rel in keep}
+    report = (repo / "reports/train_report.json").read_bytes()
+    proc = dvc(repo, "repro", "-f", "-s", "train")
+    assert "writing its adapter and reports again instead of training" in proc.stdout + proc.stderr
+    assert (repo / "reports/train_report.json").read_bytes() == report
+    for rel, files in before.items():
+        assert _tree_bytes(repo / rel) == files, rel
+    assert "up to date" in dvc(repo, "status").stdout
+
+
+def test_ctrl_c_during_exp_run_then_same_command_resumes(repo):
+    """Ctrl-C (SIGINT to the foreground process group) in `dvc exp run -S ...`: one line saying
+    where train stopped, no traceback; the same command resumes from the checkpoint."""
+    cmd = [sys.executable, "-m", "dvc", "exp", "run", "-S", "train.max_steps=80", "-S", "train.checkpoint_every=10",
+           "-S", "train.val_every=20"]
+    log = repo / "interrupted.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, cwd=repo, env=env(), stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    t0 = time.time()
+    try:
+        while "step 20: val MSE" not in log.read_text():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.time() - t0 < 300, "training never reached step 20"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    log.unlink()
+    assert "Traceback" not in text, text[-3000:]
+    stopped = re.findall(r"train: stopped at step (\d+) of 80; last checkpoint at step (\d+)", text)
+    assert stopped, text[-3000:]
+    at_checkpoint = int(stopped[0][1])
+    again = run(cmd, repo)
+    out = again.stdout + again.stderr
+    assert f"resuming from models/checkpoints/checkpoint.pt at step {at_checkpoint}" in out, out[-3000:]
+    report = json.loads((repo / "reports/train_report.json").read_text())
+    assert report["steps"] == 80 and report["resumed_from_step"] == at_checkpoint
+    git(repo, "checkout", "--", ".")
+    dvc(repo, "checkout", "--force")
+
+
 def test_dvc_doctor_and_no_analytics(repo):
     proc = dvc(repo, "doctor")
     assert "DVC version" in proc.stdout and "ERROR" not in proc.stderr
@@ -100,8 +196,9 @@ def test_remote_push_and_pull(repo, tmp_path):
 def test_branches_metrics_params_and_offline_plots(repo, tmp_path):
     git(repo, "checkout", "-q", "-b", "rank2")
     write_params(repo, {"train.lora.rank": 2})
-    assert ran(dvc(repo, "repro")) == {"train", "evaluate", "generate", "report"}
-    git(repo, "commit", "-qam", "rank 2")
+    assert ran(dvc(repo, "repro")) == {"check", "train", "evaluate", "generate", "report"}
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "rank 2")
     metrics = json.loads(dvc(repo, "metrics", "diff", "main", "--json").stdout)
     assert "reports/evaluate/metrics.json" in metrics and "lora.mse" in metrics["reports/evaluate/metrics.json"]
     params = json.loads(dvc(repo, "params", "diff", "main", "--json").stdout)
@@ -113,9 +210,21 @@ def test_branches_metrics_params_and_offline_plots(repo, tmp_path):
     html = (out / "index.html").read_text()
     assert "<script src=" not in html and "cdn.jsdelivr" not in html  # nothing to fetch
     dom = render_offline(out / "index.html")
-    n_line = len(yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]) - 3  # minus the 3 image plots
-    assert dom.count('class="marks"') >= n_line  # vega drew every line plot (a canvas each)
-    assert dom.count("<img") >= 2 * 7  # image plots of both revisions
+    plots = yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]
+    images = [p for p in plots if isinstance(p, str) and p.endswith(".png")]
+    assert dom.count('class="marks"') >= len(plots) - len(images)  # vega drew every chart (a canvas each)
+    assert dom.count("<img") >= 2 * len(images)  # image plots of both revisions, each once
+
+    # A fresh clone compares commits from git alone: no remote, no pull.
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", "-b", "rank2", str(repo), str(clone))
+    diff = dvc(clone, "metrics", "diff", "HEAD~1", "--json")
+    assert "failed to load" not in diff.stderr.lower()
+    lora = json.loads(diff.stdout)["reports/evaluate/metrics.json"]["lora.mse"]
+    assert isinstance(lora["old"], float) and isinstance(lora["new"], float) and lora["old"] != lora["new"]
+    plots_proc = dvc(clone, "plots", "diff", "HEAD~1", "--out", str(tmp_path / "clone_plots"))
+    assert "failed to load" not in (plots_proc.stdout + plots_proc.stderr).lower()
+    assert "Colour accuracy per colour" in (tmp_path / "clone_plots/index.html").read_text()
     git(repo, "checkout", "-q", "main")
     dvc(repo, "checkout")
 
@@ -144,17 +253,17 @@ def test_experiments_run_show_and_queue(repo):
 
 def test_param_changes_rerun_only_downstream(repo):
     write_params(repo, {"train.lora.rank": 4})
-    assert ran(dvc(repo, "repro")) == {"train", "evaluate", "generate", "report"}
+    assert ran(dvc(repo, "repro")) == {"check", "train", "evaluate", "generate", "report"}
     write_params(repo, {"generate.guidance_scale": 9.0})
-    assert ran(dvc(repo, "repro")) == {"evaluate", "generate", "report"}
+    assert ran(dvc(repo, "repro")) == {"check", "evaluate", "generate", "report"}
     write_params(repo, {"filter.min_caption_length": 12})
     stages = ran(dvc(repo, "repro"))
     assert "filter" in stages and not stages & {"download", "base_model"}
     write_params(repo, {"precompute.crop": "top"})
-    assert ran(dvc(repo, "repro")) == {"precompute", "train", "evaluate", "generate", "report"}
+    assert ran(dvc(repo, "repro")) == {"check", "precompute", "train", "evaluate", "generate", "report"}
     # the tiny base is pretrained at the fine-tuning resolution, so it reruns too
-    write_params(repo, {"precompute.resolution": 32, "generate.height": 32, "generate.width": 32})
-    assert ran(dvc(repo, "repro")) == {"base_model", "precompute", "train", "evaluate", "generate", "report"}
+    write_params(repo, {"precompute.resolution": 32})  # generate.height/width follow it (empty)
+    assert ran(dvc(repo, "repro")) == {"check", "base_model", "precompute", "train", "evaluate", "generate", "report"}
 
 
 def test_editing_stage_code_reruns_it(repo):
@@ -165,11 +274,6 @@ def test_editing_stage_code_reruns_it(repo):
 
 def test_two_process_training_gives_one_adapter(repo):
     """torchrun starts 2 CPU processes (gloo); Accelerator trains with DDP; one adapter results."""
-    import sys
-    from pathlib import Path
-
-    from tests.helpers import run
-
     torchrun = str(Path(sys.executable).parent / "torchrun")
     run([torchrun, "--nproc_per_node", "2", "-m", "stages.train"], repo)
     report = json.loads((repo / "reports/train_report.json").read_text())

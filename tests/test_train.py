@@ -188,7 +188,7 @@ def test_checkpoint_from_other_params_is_not_reused(tmp_path, tiny_base, latent_
     with caplog.at_level(logging.WARNING):
         report = train(p2, tiny_base, latent_dir, outputs(tmp_path))
     assert report["resumed_from_step"] is None
-    assert "different train params" in caplog.text
+    assert "not resuming" in caplog.text and "train.learning_rate 0.005 -> 0.001" in caplog.text
     # a fresh (not resumed) run starts its dvclive curves anew, even in a kept folder
     assert len((tmp_path / "live/plots/metrics/train/loss.tsv").read_text().splitlines()) == 1 + 4
 
@@ -325,3 +325,59 @@ def test_bf16_mixed_precision_training_runs_end_to_end(tmp_path, tiny_base, late
 
     weights = load_file(str(tmp_path / "lora" / LORA_WEIGHTS))
     assert {v.dtype for v in weights.values()} == {torch.float32}
+
+
+def test_rerun_of_a_finished_run_rewrites_identical_files(tmp_path, tiny_base, latent_dir, caplog):
+    """`dvc repro -f train` (or a restored workspace) after a completed run: no step is trained,
+    and adapter, curves and report come back byte-identical (the dvclive step does not drift)."""
+    p = train_params(max_steps=6, val_every=3, checkpoint_every=3)
+    out = outputs(tmp_path)
+    report = train(p, tiny_base, latent_dir, out)
+    (out.report).write_text(json.dumps(report))
+    files = {f: f.read_bytes() for f in sorted((tmp_path / "lora").rglob("*")) + sorted((tmp_path / "live").rglob("*"))
+             if f.is_file()}
+    import shutil
+    shutil.rmtree(tmp_path / "lora")  # DVC deletes a stage's outs before running it
+    shutil.rmtree(tmp_path / "live")
+    with caplog.at_level(logging.INFO):
+        again = train(p, tiny_base, latent_dir, out)
+    assert "writing its adapter and reports again instead of training" in caplog.text
+    assert again == report and again["steps_per_second"] is not None
+    for f, data in files.items():
+        assert f.read_bytes() == data, f
+
+
+def test_resume_restores_its_own_curves_over_a_stale_live_folder(tmp_path, tiny_base, latent_dir):
+    """Before `dvc exp run` resumes, DVC may have put another run's dvclive files in place: the
+    resumed run's curves come from its checkpoint, so they equal an uninterrupted run's."""
+    p = train_params(max_steps=8, val_every=4, checkpoint_every=4)
+    train(p, tiny_base, latent_dir, outputs(tmp_path / "full"))
+
+    def ctrl_c_at_8(step, metrics):
+        if step == 8:
+            raise KeyboardInterrupt
+
+    from fashion_lora.utils import Interrupted
+
+    with pytest.raises(Interrupted, match=r"stopped at step 8 of 8; last checkpoint at step 4 "):
+        train(p, tiny_base, latent_dir, outputs(tmp_path / "cut"), on_validation=ctrl_c_at_8)
+    stale = tmp_path / "cut/live/plots/metrics/train/loss.tsv"
+    stale.write_text("step\tloss\n1\t9.9\n2\t9.9\n3\t9.9\n4\t9.9\n5\t9.9\n6\t9.9\n7\t9.9\n8\t9.9\n9\t9.9\n")
+    train(p, tiny_base, latent_dir, outputs(tmp_path / "cut"))
+    for rel in ("plots/metrics/train/loss.tsv", "plots/metrics/val/mse.tsv", "metrics.json"):
+        assert (tmp_path / "cut/live" / rel).read_text() == (tmp_path / "full/live" / rel).read_text(), rel
+
+
+def test_checkpoint_refusal_names_what_changed():
+    from fashion_lora.training import mismatch
+
+    saved = {"params": json.dumps({"seed": 42, "train": {"max_steps": 300, "lora": {"rank": 12}}}),
+             "processes": "1", "latents": "a", "base": "b", "code": "c"}
+    same = dict(saved)
+    assert mismatch(saved, same) == []
+    other = {**saved, "params": json.dumps({"seed": 42, "train": {"max_steps": 300, "lora": {"rank": 4}}}),
+             "processes": "2", "code": "d"}
+    reasons = mismatch(saved, other)
+    assert reasons[0] == "params changed (train.lora.rank 12 -> 4)"
+    assert "process count 1 -> 2" in reasons and any("training code changed" in r for r in reasons)
+    assert mismatch(saved, {**saved, "latents": "x"}) == ["latents (data/latents) changed"]
