@@ -310,6 +310,9 @@ class GenerateParams:
 @dataclass(frozen=True)
 class Params:
     seed: int = limits(ge=0)
+    # torch CPU threads of every stage; float results depend on it (measured), so a fixed count
+    # gives the same dvc.lock on any machine. null = torch's default (all cores).
+    cpu_threads: Optional[int] = limits(ge=1)
     data: DataParams
     model: ModelParams
     filter: FilterParams

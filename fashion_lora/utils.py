@@ -50,6 +50,7 @@ def run_stage(main: Callable[[], None]) -> None:
 
     setup_logging()
     try:
+        set_cpu_threads()
         main()
     except (ParamError, UserError) as e:
         log.error("%s", e)
@@ -58,6 +59,18 @@ def run_stage(main: Callable[[], None]) -> None:
         log.error("%s", str(e) or "interrupted; outputs are written atomically, so each is the previous "
                   "complete one or absent. Run the same `dvc repro` / `dvc exp run` command again to finish")
         sys.exit(130)
+
+
+def set_cpu_threads(params_file: str = "params.yaml") -> None:
+    """Give torch the `cpu_threads` of params.yaml: CPU float results (and so DVC's hashes)
+    depend on the thread count, not on the machine (measured), so a fixed count reproduces."""
+    import torch
+
+    from .params import load_params
+
+    threads = load_params(params_file).cpu_threads
+    if threads is not None:
+        torch.set_num_threads(threads)
 
 
 def ignore_sigint() -> None:

@@ -120,3 +120,17 @@ def test_one_set_param_changes_one_line(tmp_path):
     assert len(before) == len(after)
     changed = [(a, b) for a, b in zip(before, after) if a != b]
     assert changed == [("    rank: 12", "    rank: 4")]
+
+
+def test_stages_use_cpu_threads_from_params(tmp_path):
+    """CPU results depend on the thread count: every stage sets torch's from `cpu_threads`."""
+    import subprocess
+    import sys
+
+    for threads, expect in ((1, "1"), (None, None)):
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params(cpu_threads=threads)))
+        code = ("import torch; from fashion_lora.utils import set_cpu_threads; n = torch.get_num_threads(); "
+                "set_cpu_threads(); print(torch.get_num_threads(), n)")
+        out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                             env={**__import__("os").environ, "PYTHONPATH": str(REPO)}).stdout.split()
+        assert out[0] == (expect or out[1])  # empty: torch's own default is kept
