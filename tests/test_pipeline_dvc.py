@@ -91,20 +91,7 @@ def test_bad_param_deletes_no_output(repo, key, value, named):
     before = {rel: _tree_bytes(repo / rel) for rel in ("data/raw", "models/lora", "reports/generate")}
     overrides = {key: value, **({"data.source": "local", "data.local.captions": "/no/such.json"}
                                 if key.startswith("data.local") else {})}
-    raw = yaml.safe_load((repo / "params.yaml").read_text())
-    node = raw
-    *path, last = key.split(".")
-    for k in path:
-        node = node[k]
-    node[last] = value
-    for k, v in overrides.items():
-        if k != key:
-            n = raw
-            *pp, ll = k.split(".")
-            for kk in pp:
-                n = n[kk]
-            n[ll] = v
-    (repo / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_params(repo, overrides)
     try:
         proc = dvc(repo, "repro", check=False)
         assert proc.returncode != 0 and named in proc.stdout + proc.stderr
