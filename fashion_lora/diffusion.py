@@ -25,12 +25,13 @@ def min_snr_weights(snr_t: torch.Tensor, gamma: float, prediction_type: str) -> 
     raise ValueError(f"unsupported prediction_type {prediction_type!r}")
 
 
-def sample_noise(latents: torch.Tensor, offset: float, gen: torch.Generator) -> torch.Tensor:
-    """Gaussian noise shaped like `latents`; `offset` adds a per-channel constant (noise offset)."""
-    noise = torch.randn(latents.shape, generator=gen, dtype=torch.float32)
+def sample_noise(shape: torch.Size, offset: float, gen: torch.Generator) -> torch.Tensor:
+    """Gaussian noise of `shape` (fp32, on the CPU generator's device); `offset` adds a
+    per-channel constant (noise offset)."""
+    noise = torch.randn(shape, generator=gen, dtype=torch.float32)
     if offset > 0:
-        noise = noise + offset * torch.randn(latents.shape[:2] + (1, 1), generator=gen)
-    return noise.to(latents.device, latents.dtype)
+        noise = noise + offset * torch.randn(shape[:2] + (1, 1), generator=gen)
+    return noise
 
 
 def biased_timesteps(u: torch.Tensor, num_timesteps: int, bias: float) -> torch.Tensor:
@@ -151,11 +152,17 @@ def tokenize(tokenizer, captions: list[str]) -> tuple[torch.Tensor, int]:
 
 def latent_augment(latents: torch.Tensor, gen: torch.Generator, noise_prob: float, noise_std: float,
                    hflip_prob: float, crop_prob: float, crop_min_scale: float) -> torch.Tensor:
-    """Per-sample latent augmentation: Gaussian noise, horizontal flip, crop resized back."""
-    out = latents.clone()
-    b, _, h, w = out.shape
+    """Per-sample latent augmentation: horizontal flip, crop resized back, Gaussian noise.
+
+    The draws come from the CPU generator `gen`, so a batch is the same on any device; on a
+    GPU the choices travel by non-blocking copies and are applied by selection (no host sync).
+    """
+    from .utils import to_device
+
+    b, _, h, w = latents.shape
+    dev = latents.device
     flip = torch.rand(b, generator=gen) < hflip_prob
-    out[flip] = out[flip].flip(-1)
+    out = torch.where(to_device(flip, dev).view(b, 1, 1, 1), latents.flip(-1), latents)
     crop = torch.rand(b, generator=gen) < crop_prob
     scales = crop_min_scale + (1 - crop_min_scale) * torch.rand(b, generator=gen)
     offs = torch.rand(b, 2, generator=gen)
@@ -166,5 +173,5 @@ def latent_augment(latents: torch.Tensor, gen: torch.Generator, noise_prob: floa
         out[i:i + 1] = F.interpolate(window, size=(h, w), mode="bilinear", align_corners=False)
     add = (torch.rand(b, generator=gen) < noise_prob).float().view(b, 1, 1, 1)
     if noise_std > 0:
-        out = out + add * noise_std * torch.randn(out.shape, generator=gen)
+        out = out + to_device(add, dev) * noise_std * to_device(torch.randn(out.shape, generator=gen), dev)
     return out

@@ -23,6 +23,8 @@ import yaml
 
 DEVICES = ("auto", "cpu", "cuda")
 Device = Literal["auto", "cpu", "cuda"]
+Precision = Literal["auto", "fp32", "fp16", "bf16"]  # inference weights; auto = fp16 on CUDA, fp32 on CPU
+Workers = int | Literal["auto"]  # process count; auto = the machine's cores
 
 
 class ParamError(ValueError):
@@ -183,7 +185,8 @@ class PrecomputeParams:
     device: Device
     dtype: Literal["float16", "float32"]  # latent dtype on disk
     shard_size: int = limits(ge=1)  # latents per .pt shard
-    workers: int = limits(ge=1)  # processes preparing images
+    workers: Workers = limits(ge=1)  # threads preparing images while the VAE encodes; auto = the cores
+    precision: Precision  # VAE weights while encoding; auto = fp16 on CUDA, fp32 on CPU
     min_side: int = limits(ge=1)  # quality: shorter side of the original at least this
     min_sharpness: float = limits(ge=0)  # quality: Laplacian variance of the grey image at least this
     min_aspect: float  # quality: width/height within [min_aspect, max_aspect]
@@ -242,7 +245,7 @@ class TrainSamples:
 @dataclass(frozen=True)
 class TrainParams:
     device: Device
-    mixed_precision: Literal["auto", "no", "fp16", "bf16"]  # auto: fp16 on CUDA, none on CPU
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"]  # auto: fp16 on CUDA (measured faster than bf16), none on CPU
     max_steps: int = limits(ge=1)
     batch_size: int = limits(ge=1)
     gradient_accumulation: int = limits(ge=1)
@@ -264,7 +267,12 @@ class TrainParams:
     checkpoint_every: int = limits(ge=1)
     gradient_checkpointing: bool  # recompute activations in backward: less memory, ~30% slower
     optimizer: Literal["adamw", "adamw8bit"]  # adamw8bit needs bitsandbytes (CUDA)
-    compile: bool  # torch.compile the UNet (GPU; first steps are slow while it compiles)
+    # torch.compile: 'regional' compiles each repeated UNet block once (short compile), 'full'
+    # the whole UNet; the first steps are slow while it compiles (reported apart)
+    compile: Literal["none", "regional", "full"]
+    cuda_graphs: bool  # with compile: replay the compiled graphs as CUDA graphs (fewer kernel launches)
+    sync_every: int = limits(ge=1)  # steps between reads of the loss from the GPU (each step is still logged)
+    data_on_device: bool  # train latents on the GPU when they fit (else host memory, copied per step)
     lora: LoraParams
     augment: LatentAugment
     captions: CaptionAugment
@@ -273,6 +281,8 @@ class TrainParams:
 
     def validate(self) -> None:
         _check(0 <= self.min_lr <= self.learning_rate, "train.min_lr", "must be in [0, train.learning_rate]")
+        _check(not self.cuda_graphs or self.compile != "none", "train.cuda_graphs",
+               "needs train.compile: regional or full (CUDA graphs replay compiled graphs)")
 
     @property
     def cosine_period(self) -> int:
@@ -284,6 +294,7 @@ class TrainParams:
 @dataclass(frozen=True)
 class EvaluateParams:
     device: Device
+    precision: Precision  # of the pipeline drawing the colour-attribute images (val losses stay fp32)
     repeats: int = limits(ge=1)  # fixed (noise, timestep) draws per val latent
     timestep_bands: int = limits(ge=1)  # loss is also reported per band of [0, T)
     batch_size: int = limits(ge=1)
@@ -297,6 +308,9 @@ class EvaluateParams:
 @dataclass(frozen=True)
 class GenerateParams:
     device: Device
+    precision: Precision
+    fuse_lora: bool  # merge the LoRA into the UNet weights for the LoRA images (faster; base images first)
+    cuda_graphs: bool  # GPU: replay the UNet as a CUDA graph per image size (fewer kernel launches)
     prompts: list[str] = limits(nonempty=True)
     negative_prompt: str
     steps: list[int] = limits(check=lambda s: len(s) > 0 and all(n >= 1 for n in s),
@@ -332,6 +346,12 @@ class Params:
 YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(tp))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, _type_name(tp))
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -345,7 +365,14 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             _check(type(None) in args, key, "must not be null")
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], key)
+        if len(inner) == 1:
+            return _convert(value, inner[0], key)
+        for alternative in inner:  # e.g. `int | Literal["auto"]`: the first that accepts it
+            try:
+                return _convert(value, alternative, key)
+            except ParamError:
+                pass
+        raise ParamError(key, f"must be {' or '.join(_describe(a) for a in inner)}, got {value!r}")
     if value is None:
         raise ParamError(key, f"must be a {_type_name(tp)}, got null")
     if origin is Literal:
@@ -392,7 +419,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             raise ParamError(full, "is missing")
         values[f.name] = value = _convert(raw[f.name], hints[f.name], full)
         rule: Optional[Limits] = f.metadata.get("limits")
-        if rule is not None and value is not None and not rule.allows(value):
+        # in `int | Literal["auto"]` the limits bound the number; the word passed its Literal already
+        word = isinstance(value, str) and typing.get_origin(hints[f.name]) in (typing.Union, types.UnionType)
+        if rule is not None and value is not None and not word and not rule.allows(value):
             nullable = type(None) in typing.get_args(hints[f.name])
             raise ParamError(full, rule.describe() + (" or null" if nullable else ""))
     return cls(**values)

@@ -30,7 +30,7 @@ from .lr_schedule import lr_factor
 from .lora import attach_lora, keep_lora_fp32, lora_state
 from .params import Params, TrainParams, to_dict
 from .utils import (Interrupted, UserError, atomic_dir, atomic_torch_save, atomic_write_bytes, canonicalize_safetensors,
-                    resolve_device, write_json)
+                    resolve_device, to_device, write_json)
 
 log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
@@ -49,12 +49,14 @@ class LatentBatches:
     Batch `s` of process `rank` is a pure function of (seed, s, rank): no iterator state to save.
     Captions are pre-tokenized in every variant (plain, + each quality term, and "" for
     dropout) into one table, `token_ids` [(1 + Q) * N + 1, 77]; a batch returns row numbers
-    into it, so text embeddings can be cached per row.
+    into it, so text embeddings can be cached per row. The latents may live on the GPU: the
+    random draws stay on the CPU generators, so a batch is the same wherever they live.
     """
 
     def __init__(self, latents: torch.Tensor, captions: list[str], tokenizer, train_params: TrainParams, seed: int,
                  rank: int = 0, world: int = 1):
         self.latents, self.seed, self.rank, self.world = latents, seed, rank, world
+        self._perm: tuple[int, torch.Tensor] = (-1, torch.empty(0))
         self.batch_size = train_params.batch_size
         self.augment, self.captions = train_params.augment, train_params.captions
         self.n = len(latents)
@@ -67,21 +69,24 @@ class LatentBatches:
 
     def indices(self, step: int) -> torch.Tensor:
         epoch, pos = divmod(step, self.per_epoch)
-        gen = torch.Generator().manual_seed(step_seed(self.seed, epoch, 1))
-        perm = torch.randperm(self.n, generator=gen)
-        if self.n < self.batch_size * self.world:  # tiny data: sample with replacement
-            perm = perm.repeat(math.ceil(self.batch_size * self.world / self.n))
+        if self._perm[0] != epoch:  # one permutation per epoch, drawn once (O(N) per draw)
+            gen = torch.Generator().manual_seed(step_seed(self.seed, epoch, 1))
+            perm = torch.randperm(self.n, generator=gen)
+            if self.n < self.batch_size * self.world:  # tiny data: sample with replacement
+                perm = perm.repeat(math.ceil(self.batch_size * self.world / self.n))
+            self._perm = (epoch, perm)
+        perm = self._perm[1]
         b = self.batch_size
         start = pos * b * self.world + self.rank * b
         return perm[start:start + b]
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Augmented latents [b, 4, h, w] and caption rows [b] into `token_ids`."""
+        """Augmented latents [b, 4, h, w] (where the latents live) and caption rows [b] into `token_ids`."""
         idx = self.indices(step)
         gen = torch.Generator().manual_seed(step_seed(self.seed, step, 2))
         a = self.augment
-        lat = diffusion.latent_augment(self.latents[idx], gen, a.noise_prob, a.noise_std, a.hflip_prob,
-                                       a.crop_prob, a.crop_min_scale)
+        lat = diffusion.latent_augment(self.latents[to_device(idx, self.latents.device)], gen, a.noise_prob,
+                                       a.noise_std, a.hflip_prob, a.crop_prob, a.crop_min_scale)
         c = self.captions
         drop = torch.rand(len(idx), generator=gen) < c.dropout_prob
         quality = torch.rand(len(idx), generator=gen) < c.quality_prob
@@ -108,8 +113,8 @@ class TextEmbeddings:
     @torch.no_grad()
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
         if self.table is not None:
-            return self.table[self.inverse[rows].to(self.device)]
-        return self.encoder(self.token_ids[rows].to(self.device))[0]
+            return self.table[to_device(self.inverse[rows], self.device)]
+        return self.encoder(to_device(self.token_ids[rows], self.device))[0]
 
 
 # ----------------------------------------------------------------------------- state
@@ -198,10 +203,10 @@ class Run:
     on_validation: Optional[Callable[[int, dict], None]] = None
     checkpoint_step: Optional[int] = None  # step of the last checkpoint written or restored
 
-    def log_step(self, **metrics: float) -> None:
-        """Training curves (train/loss, train/grad_norm, train/lr) at the current step."""
+    def log_step(self, step: int, **metrics: float) -> None:
+        """Training curves (train/loss, train/grad_norm, train/lr) at `step`."""
         if self.live is not None:
-            self.live.step = self.state.step
+            self.live.step = step
             for name, value in metrics.items():
                 self.live.log_metric(f"train/{name}", value)
 
@@ -273,17 +278,20 @@ def system_check(accelerator, device: torch.device) -> dict:
 
 def mixed_precision_for(train_params: TrainParams, device: torch.device) -> str:
     if train_params.mixed_precision == "auto":
+        # fp16, not bf16: the SD1.5 step ran 19% faster in fp16 on an H100 (benchmarks/gpu.py,
+        # GradScaler included), and fp32 LoRA weights keep fp16's range problems away.
         return "fp16" if device.type == "cuda" else "no"
     if train_params.mixed_precision == "fp16" and device.type != "cuda":
         raise UserError("train.mixed_precision: fp16 needs a CUDA GPU; on CPU use 'bf16' or 'no' (or 'auto')")
     return train_params.mixed_precision
 
 
-def make_optimizer(params: list, train_params: TrainParams) -> torch.optim.Optimizer:
-    """AdamW over the LoRA params; `adamw8bit` uses bitsandbytes' 8-bit states (GPU memory)."""
+def make_optimizer(params: list, train_params: TrainParams, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW over the LoRA params (one fused kernel on CUDA instead of several per tensor);
+    `adamw8bit` uses bitsandbytes' 8-bit states (GPU memory)."""
     kw = dict(lr=train_params.learning_rate, betas=tuple(train_params.betas), weight_decay=train_params.weight_decay)
     if train_params.optimizer == "adamw":
-        return torch.optim.AdamW(params, **kw)
+        return torch.optim.AdamW(params, **kw, fused=True if device.type == "cuda" else None)
     if train_params.optimizer == "adamw8bit":
         try:
             import bitsandbytes as bnb
@@ -295,6 +303,32 @@ def make_optimizer(params: list, train_params: TrainParams) -> torch.optim.Optim
 
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The UNet's repeated blocks: compiled one by one, each kind compiles once and is reused.
+COMPILE_REGIONS = ("BasicTransformerBlock", "ResnetBlock2D")
+
+
+def compile_unet(unet, mode: str, cuda_graphs: bool = False, backend: str = "inductor"):
+    """`train.compile`: 'full' wraps the whole UNet in torch.compile; 'regional' compiles each
+    transformer and resnet block in place (blocks of one shape share the compiled code, so it
+    compiles faster than the full graph; peft's LoRA layers are traced inside). `cuda_graphs`
+    replays each compiled graph as a CUDA graph (one launch instead of hundreds of kernels)."""
+    if mode == "none":
+        return unet
+    # SD1.5 has more distinct block shapes than dynamo's default of 8 compiled versions per function.
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):  # renamed in torch 2.6; both exist in some versions
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
+    kw = dict(backend=backend, mode="reduce-overhead" if cuda_graphs else None)
+    if mode == "full":
+        return torch.compile(unet, **kw)
+    blocks = [m for m in unet.modules() if type(m).__name__ in COMPILE_REGIONS]
+    for block in blocks:
+        block.compile(**kw)
+    log.info("compile: %d blocks (%s) compiled in place%s", len(blocks), ", ".join(COMPILE_REGIONS),
+             " with CUDA graphs" if cuda_graphs else "")
+    return unet
 
 
 # ----------------------------------------------------------------------------- setup
@@ -332,9 +366,8 @@ def setup_model(params: Params, base_dir: Path) -> Model:
     log.info("trainable LoRA params: %d of %d UNet params (%.2f%%)", n_trainable, n_total,
              100 * n_trainable / n_total)
 
-    optimizer = make_optimizer(lora_params, train_params)
-    if train_params.compile:
-        unet = torch.compile(unet)
+    optimizer = make_optimizer(lora_params, train_params, device)
+    unet = compile_unet(unet, train_params.compile, train_params.cuda_graphs)
     min_ratio = train_params.min_lr / train_params.learning_rate
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
         s, train_params.warmup_steps, train_params.cosine_period, train_params.restart_mult, min_ratio))
@@ -354,6 +387,13 @@ def setup_data(params: Params, model: Model, latent_dir: Path) -> Data:
         raise UserError(f"{latent_dir}: no train latents; check filter.val_fraction and the data")
     if len(val_latents) == 0:
         raise UserError(f"{latent_dir}: no val latents; validation needs some (filter.val_fraction)")
+    if params.train.data_on_device and model.device.type == "cuda":
+        # A quarter of the free memory at most: the UNet's activations need the rest.
+        fits = train_latents.nbytes < torch.cuda.mem_get_info(model.device)[0] // 4
+        log.info("train latents (%.1f MiB) %s", train_latents.nbytes / 2**20,
+                 "on the GPU" if fits else "in host memory: too large for the GPU (train.data_on_device)")
+        if fits:
+            train_latents = train_latents.to(model.device)
     batches = LatentBatches(train_latents, [it["caption"] for it in train_items], base.tokenizer, params.train,
                             params.seed, accelerator.process_index, accelerator.num_processes)
     text = TextEmbeddings(base.text_encoder, batches.token_ids, model.device)
@@ -540,34 +580,45 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
         log_validation(run, 0)  # step 0 = the base model itself (LoRA B=0)
 
     try:
-        stop_reason, steps_at_start, seconds, side_seconds = training_loop(run, out, ckpt_path, fp)
+        loop = training_loop(run, out, ckpt_path, fp)
     except KeyboardInterrupt:
         raise Interrupted(interrupted_message(run, ckpt_path)) from None
     accelerator.wait_for_everyone()
-    report = (finish(run, out, fp, stop_reason, steps_at_start, seconds, side_seconds)
-              if accelerator.is_main_process else {})
+    report = finish(run, out, fp, loop) if accelerator.is_main_process else {}
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return report
 
 
-def training_loop(run: Run, out: Outputs, ckpt_path: Path, fp: dict[str, str]) -> tuple[str, int, float, float]:
+@dataclass
+class LoopResult:
+    stop_reason: str  # max_steps | early_stopping
+    steps_at_start: int
+    seconds: float  # the whole loop
+    side_seconds: float  # validation and checkpoints inside it: reported apart from step speed
+    first_step_seconds: float  # the first step alone (torch.compile compiles there)
+
+
+def training_loop(run: Run, out: Outputs, ckpt_path: Path, fp: dict[str, str]) -> LoopResult:
     """Optimizer steps from `run.state.step` to the end (max_steps or early stopping), with
-    validation and checkpoints. Returns why it stopped, the first step, seconds in all and in
-    validation/checkpoints."""
+    validation and checkpoints.
+
+    The host never waits for the GPU inside a step: batches arrive by non-blocking copies and
+    each step's loss and gradient norm stay on the device until `sync_every` steps (or a
+    validation or checkpoint) are due, then are read in one go and logged step by step.
+    """
     from tqdm import tqdm
 
     params, model, data, state = run.params, run.model, run.data, run.state
     train_params, accelerator, base = params.train, model.accelerator, model.base
     unet, optimizer = model.unet, model.optimizer
-    stop_reason = "max_steps"
+    result = LoopResult("max_steps", state.step, 0.0, 0.0, 0.0)
     t_start = time.perf_counter()
-    side_seconds = 0.0  # validation and checkpoints inside the loop: reported apart from step speed
-    steps_at_start = state.step
     bar = tqdm(total=train_params.max_steps, initial=state.step, desc="train", unit="step",
                disable=not accelerator.is_main_process, mininterval=1.0)
     model.raw_unet.train()
-    grad_norm = torch.tensor(0.0)
+    grad_norm = torch.zeros((), device=model.device)
+    pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []  # (step, loss, grad norm, lr) unread
     while state.step < train_params.max_steps and not state.early.stop:
         step = state.step
         for micro in range(train_params.gradient_accumulation):
@@ -576,9 +627,11 @@ def training_loop(run: Run, out: Outputs, ckpt_path: Path, fp: dict[str, str]) -
             gen = torch.Generator().manual_seed(step_seed(params.seed, micro_step, 3 + accelerator.process_index))
             t = diffusion.biased_timesteps(torch.rand(len(latents), generator=gen),
                                            base.noise_scheduler.config.num_train_timesteps, train_params.timestep_bias)
-            noise = diffusion.sample_noise(latents, train_params.noise_offset, gen)
-            latents, noise, t = (latents.to(model.device, model.weight_dtype),
-                                 noise.to(model.device, model.weight_dtype), t.to(model.device))
+            noise = diffusion.sample_noise(latents.shape, train_params.noise_offset, gen)
+            latents = to_device(latents, model.device).to(model.weight_dtype)
+            noise, t = to_device(noise, model.device).to(model.weight_dtype), to_device(t, model.device)
+            if train_params.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs may be reused
             with accelerator.accumulate(unet):
                 encoder_hidden_states = data.text(rows)
                 with accelerator.autocast():
@@ -591,28 +644,46 @@ def training_loop(run: Run, out: Outputs, ckpt_path: Path, fp: dict[str, str]) -
                 optimizer.zero_grad(set_to_none=True)
         model.lr_scheduler.step()
         state.step += 1
-        loss_value = accelerator.reduce(loss.detach(), reduction="mean").item()
-        lr = model.lr_scheduler.get_last_lr()[0]
-        grad_norm_value = float(grad_norm)
-        run.log_step(loss=loss_value, grad_norm=grad_norm_value, lr=lr)
-        bar.set_postfix(loss=f"{loss_value:.4f}", grad=f"{grad_norm_value:.3f}", lr=f"{lr:.2e}", refresh=False)
+        pending.append((state.step, loss.detach(), grad_norm.detach(), model.lr_scheduler.get_last_lr()[0]))
         bar.update(1)
-        if not math.isfinite(loss_value):
-            raise UserError(f"loss became {loss_value} at step {state.step}; lower train.learning_rate "
-                            "or use train.mixed_precision: bf16/no")
+        if state.step == result.steps_at_start + 1:
+            if model.device.type == "cuda":
+                torch.cuda.synchronize(model.device)
+                torch.cuda.reset_peak_memory_stats()
+            result.first_step_seconds = time.perf_counter() - t_start
+        due_val = state.step % train_params.val_every == 0 or state.step == train_params.max_steps
+        due_checkpoint = state.step % train_params.checkpoint_every == 0
+        if due_val or due_checkpoint or state.step % train_params.sync_every == 0:
+            flush_step_log(run, pending, bar)  # the same steps on every process: it is a collective
         t_side = time.perf_counter()
-        if state.step % train_params.val_every == 0 or state.step == train_params.max_steps:
+        if due_val:
             log_validation(run, state.step)
             if state.early.stop:
-                stop_reason = "early_stopping"
-        if accelerator.is_main_process and (state.step % train_params.checkpoint_every == 0
-                                            or state.step == train_params.max_steps or state.early.stop):
+                result.stop_reason = "early_stopping"
+        if accelerator.is_main_process and (due_checkpoint or state.step == train_params.max_steps
+                                            or state.early.stop):
             save_checkpoint(ckpt_path, run, fp, out.live_dir)
-        side_seconds += time.perf_counter() - t_side
-        if model.device.type == "cuda" and state.step == 1:
-            torch.cuda.reset_peak_memory_stats()
+        result.side_seconds += time.perf_counter() - t_side
+    flush_step_log(run, pending, bar)
     bar.close()
-    return stop_reason, steps_at_start, time.perf_counter() - t_start, side_seconds
+    result.seconds = time.perf_counter() - t_start
+    return result
+
+
+def flush_step_log(run: Run, pending: list[tuple[int, torch.Tensor, torch.Tensor, float]], bar) -> None:
+    """Read the pending steps' losses and gradient norms from the device (one host sync), log each
+    step's values, and stop on the first non-finite loss."""
+    if not pending:
+        return
+    losses = run.model.accelerator.reduce(torch.stack([p[1].float() for p in pending]), reduction="mean")
+    values = torch.stack([losses, torch.stack([p[2].float() for p in pending])]).tolist()
+    for (step, _, _, lr), loss, norm in zip(pending, *values):
+        if not math.isfinite(loss):
+            raise UserError(f"loss became {loss} at step {step}; lower train.learning_rate "
+                            "or use train.mixed_precision: bf16/no")
+        run.log_step(step, loss=loss, grad_norm=norm, lr=lr)
+    bar.set_postfix(loss=f"{loss:.4f}", grad=f"{norm:.3f}", lr=f"{lr:.2e}", refresh=False)
+    pending.clear()
 
 
 def interrupted_message(run: Run, ckpt_path: Path) -> str:
@@ -623,8 +694,7 @@ def interrupted_message(run: Run, ckpt_path: Path) -> str:
             "`dvc repro` or `dvc exp run ...` command again to resume from it")
 
 
-def finish(run: Run, out: Outputs, fp: dict[str, str], stop_reason: str, steps_at_start: int, seconds: float,
-           side_seconds: float) -> dict:
+def finish(run: Run, out: Outputs, fp: dict[str, str], loop: LoopResult) -> dict:
     """Save the best and last adapters (diffusers and kohya layouts), build the report, and
     record the finished run beside its checkpoint (so a rerun of it changes nothing)."""
     model, data, state = run.model, run.data, run.state
@@ -634,9 +704,11 @@ def finish(run: Run, out: Outputs, fp: dict[str, str], stop_reason: str, steps_a
     base_val = state.history[0] if state.history[0]["step"] == 0 else None
     # The saved adapter is the early-stopping best (an improvement must beat min_delta).
     best = next(h for h in state.history if h["step"] == state.early.best_step)
-    steps_run = state.step - steps_at_start
+    steps_run = state.step - loop.steps_at_start
+    # Steady speed: without validation, checkpoints and the first step (compilation, warm-up).
+    steady = loop.seconds - loop.side_seconds - loop.first_step_seconds
     report = {
-        "steps": state.step, "stop_reason": stop_reason, "best_step": best["step"],
+        "steps": state.step, "stop_reason": loop.stop_reason, "best_step": best["step"],
         "best_val": {k: best[k] for k in ("mse", "mae", "loss_std")},
         "last_val": {k: state.history[-1][k] for k in ("mse", "mae", "loss_std")},
         "base_val": {k: base_val[k] for k in ("mse", "mae", "loss_std")} if base_val else None,
@@ -644,9 +716,11 @@ def finish(run: Run, out: Outputs, fp: dict[str, str], stop_reason: str, steps_a
         "unet_params": sum(q.numel() for q in model.raw_unet.parameters()),
         "lora_modules": len({k.rsplit(".lora_", 1)[0] for k in last}),
         "truncated_captions": {"train": data.batches.truncated, "val": data.val_truncated},
-        "resumed_from_step": steps_at_start or None,
-        "seconds": round(seconds, 2), "seconds_validation_and_checkpoints": round(side_seconds, 2),
-        "steps_per_second": round(steps_run / (seconds - side_seconds), 3) if steps_run else None,
+        "resumed_from_step": loop.steps_at_start or None,
+        "seconds": round(loop.seconds, 2), "seconds_validation_and_checkpoints": round(loop.side_seconds, 2),
+        "first_step_seconds": round(loop.first_step_seconds, 2),
+        "steps_per_second": (round((steps_run - 1) / steady, 3) if steps_run > 1 and steady > 0
+                             else round(1 / loop.first_step_seconds, 3) if steps_run else None),
         "peak_memory_mib": _peak_memory_mib(model.device), "system": model.system,
         "params": to_dict(run.params.train), "lr_restart_period": run.params.train.cosine_period,
         "val_history": state.history,

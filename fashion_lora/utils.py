@@ -11,9 +11,12 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("fashion_lora")
 
@@ -90,7 +93,7 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str, key: str) -> "torch.device":  # noqa: F821
+def resolve_device(name: str, key: str) -> torch.device:
     """Map a device param (`auto` | `cpu` | `cuda`) to a torch.device; `key` names the param."""
     import torch
 
@@ -104,6 +107,31 @@ def resolve_device(name: str, key: str) -> "torch.device":  # noqa: F821
                             f"(torch {torch.__version__}); set {key}: cpu or auto")
         return torch.device("cuda")
     raise UserError(f"{key} must be auto, cpu or cuda, got {name!r}")
+
+
+def inference_dtype(precision: str, device: torch.device, key: str) -> torch.dtype:
+    """Weights dtype of an inference pipeline: `auto` = fp16 on CUDA (half the memory traffic),
+    fp32 on CPU (half precision is slow or missing there); `key` names the param."""
+    import torch
+
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if precision == "fp16" and device.type != "cuda":
+        raise UserError(f"{key}: fp16 needs a CUDA GPU; on CPU use fp32 (or auto)")
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def worker_count(workers: "int | str") -> int:
+    """A `workers` param: a process count, or `auto` = this machine's cores."""
+    return (os.cpu_count() or 1) if workers == "auto" else int(workers)
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Move a host tensor to `device` without making the host wait for the GPU: a pinned,
+    non-blocking copy on CUDA (a plain `.to` blocks until the GPU has finished all queued work)."""
+    if device.type != "cuda" or x.device.type == "cuda":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
 
 
 # ----------------------------------------------------------------------------- atomic writes

@@ -36,6 +36,12 @@ def test_default_params_load(params):
     ("train.lora.target_modules", "to_q", "train.lora.target_modules"),
     ("filter.export_zip", "yes", "filter.export_zip"),
     ("seed", 1.5, "seed"),
+    ("precompute.workers", 0, "precompute.workers"),
+    ("precompute.workers", "many", "precompute.workers"),
+    ("train.compile", True, "train.compile"),
+    ("train.sync_every", 0, "train.sync_every"),
+    ("generate.precision", "fp64", "generate.precision"),
+    ("train.cuda_graphs", True, "train.cuda_graphs"),  # without train.compile
 ])
 def test_bad_values_name_the_key(key, value, fragment):
     with pytest.raises(ParamError) as e:
@@ -134,3 +140,46 @@ def test_stages_use_cpu_threads_from_params(tmp_path):
         out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                              env={**__import__("os").environ, "PYTHONPATH": str(REPO)}).stdout.split()
         assert out[0] == (expect or out[1])  # empty: torch's own default is kept
+
+
+def test_worker_counts_accept_auto_or_a_number():
+    """`precompute.workers` is `auto` (the cores) or a positive count; the message names both forms."""
+    from fashion_lora.utils import worker_count
+
+    assert parse_params(raw_params(**{"precompute.workers": "auto"})).precompute.workers == "auto"
+    assert worker_count("auto") >= 1 and worker_count(3) == 3
+    with pytest.raises(ParamError, match=r"precompute\.workers' must be an integer or 'auto', got 2\.5"):
+        parse_params(raw_params(**{"precompute.workers": 2.5}))
+
+
+def test_inference_precision_by_device():
+    import torch
+
+    from fashion_lora.utils import UserError, inference_dtype
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert inference_dtype("auto", cpu, "k") == torch.float32 and inference_dtype("auto", cuda, "k") == torch.float16
+    assert inference_dtype("bf16", cpu, "k") == torch.bfloat16
+    with pytest.raises(UserError, match="generate.precision: fp16 needs a CUDA GPU"):
+        inference_dtype("fp16", cpu, "generate.precision")
+
+
+def test_readme_real_run_command_sets_valid_params(tmp_path):
+    """The README's DeepFashion + SD1.5 `dvc exp run -S ...` command, applied with DVC's own
+    writer, gives params that load (a renamed or retyped key would break it here first)."""
+    import re
+    import shlex
+
+    from dvc.utils.hydra import apply_overrides
+
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"```bash\n(dvc exp run -S data\.source=deepfashion.*?)```", readme, re.S).group(1)
+    words = shlex.split(block.replace("\\\n", " "))
+    overrides = [words[i + 1] for i, w in enumerate(words) if w == "-S"]
+    assert len(overrides) >= 15
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    apply_overrides(path, overrides)
+    p = load_params(path)
+    assert (p.data.source, p.precompute.resolution, p.precompute.workers) == ("deepfashion", 512, "auto")
+    assert p.generate.negative_prompt.startswith("blurry") and p.train.batch_size == 4

@@ -381,3 +381,60 @@ def test_checkpoint_refusal_names_what_changed():
     assert reasons[0] == "params changed (train.lora.rank 12 -> 4)"
     assert "process count 1 -> 2" in reasons and any("training code changed" in r for r in reasons)
     assert mismatch(saved, {**saved, "latents": "x"}) == ["latents (data/latents) changed"]
+
+
+def test_reading_the_loss_every_n_steps_logs_the_same_curves(tmp_path, tiny_base, latent_dir):
+    """`sync_every` only changes when the host reads the losses: every step is logged with the
+    same values, and the adapter is the same, whatever N (here 1 vs 7, not dividing 12)."""
+    runs = {}
+    for n in (1, 7):
+        p = train_params(max_steps=12, val_every=5, checkpoint_every=4, sync_every=n)
+        train(p, tiny_base, latent_dir, outputs(tmp_path / str(n)))
+        runs[n] = tmp_path / str(n)
+    for rel in ("live/plots/metrics/train/loss.tsv", "live/plots/metrics/train/grad_norm.tsv",
+                "live/plots/metrics/train/lr.tsv", f"lora/{LORA_WEIGHTS}"):
+        assert (runs[1] / rel).read_bytes() == (runs[7] / rel).read_bytes(), rel
+    assert len((runs[7] / "live/plots/metrics/train/loss.tsv").read_text().splitlines()) == 1 + 12
+
+
+def test_non_finite_loss_names_its_step_between_reads(tmp_path, tiny_base, latent_dir, monkeypatch):
+    """The loss is read every `sync_every` steps, but a NaN still stops the run naming the step it
+    appeared at, with the fix."""
+    real, calls = diffusion.training_loss, []
+
+    def nan_at_third(*args, **kw):
+        calls.append(1)
+        loss = real(*args, **kw)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(diffusion, "training_loss", nan_at_third)
+    with pytest.raises(UserError, match=r"loss became nan at step 3; lower train\.learning_rate"):
+        train(train_params(max_steps=10, val_every=10, sync_every=10), tiny_base, latent_dir, outputs(tmp_path))
+
+
+@pytest.mark.slow
+def test_regional_compile_gives_the_same_loss_and_grads(tiny_base):
+    """`train.compile: regional` compiles the repeated blocks in place (peft's LoRA layers traced
+    inside): same loss and LoRA gradients as eager. The `aot_eager` backend checks the capture
+    without minutes of C++ compilation on a CPU; the GPU benchmark runs inductor."""
+    from fashion_lora.training import COMPILE_REGIONS, compile_unet
+
+    def loss_and_grads(mode):
+        base = load_base(tiny_base, torch.device("cpu"), with_vae=False)
+        torch.manual_seed(0)
+        attach_lora(base.unet, small_params().train.lora)
+        unet = compile_unet(base.unet, mode, backend="aot_eager")
+        unet.train()
+        g = torch.Generator().manual_seed(0)
+        lat, noise = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+        loss = diffusion.training_loss(unet, base.noise_scheduler, lat, noise, torch.tensor([10, 700]),
+                                       torch.randn(2, 77, 64, generator=g), None)
+        loss.backward()
+        compiled = [m for m in base.unet.modules() if type(m).__name__ in COMPILE_REGIONS]
+        return loss, [q.grad for q in base.unet.parameters() if q.requires_grad], compiled
+
+    eager_loss, eager_grads, _ = loss_and_grads("none")
+    loss, grads, blocks = loss_and_grads("regional")
+    assert blocks and all(b._compiled_call_impl is not None for b in blocks)
+    assert torch.allclose(loss, eager_loss, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, eager_grads))
