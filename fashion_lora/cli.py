@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import paths
 from .params import ParamError, load_params
-from .utils import UserError, resolve_device, setup_logging
+from .utils import UserError, inference_dtype, resolve_device, setup_logging
 
 log = logging.getLogger("fashion_lora.cli")
 
@@ -45,6 +45,12 @@ def build_parser(params_file: Path) -> argparse.ArgumentParser:
     g.add_argument("--height", type=int, default=height, help="pixels (generate.height, else precompute.resolution)")
     g.add_argument("--width", type=int, default=width, help="pixels (generate.width, else precompute.resolution)")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=gen.device, help="(generate.device)")
+    g.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default=gen.precision,
+                   help="weights dtype; auto = fp16 on CUDA, fp32 on CPU (generate.precision)")
+    g.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=gen.fuse_lora,
+                   help="merge the LoRA into the weights (generate.fuse_lora)")
+    g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=gen.cuda_graphs,
+                   help="GPU: replay the UNet as a CUDA graph (generate.cuda_graphs)")
 
     e = sub.add_parser("export", help="write the adapter in another form", formatter_class=fmt)
     e.add_argument("format", choices=("fused", "kohya"), help="fused: full diffusers folder; kohya: one file")
@@ -56,12 +62,17 @@ def build_parser(params_file: Path) -> argparse.ArgumentParser:
 
 def _generate(args: argparse.Namespace) -> None:
     from .lora import load_pipeline
-    from .sampling import sample_image
+    from .sampling import sample_image, use_cuda_graphs
 
     if args.steps < 1:
         raise UserError("--steps must be >= 1")
     device = resolve_device(args.device, "--device")
-    pipe = load_pipeline(args.base, None if args.no_lora else args.lora, device)
+    pipe = load_pipeline(args.base, None if args.no_lora else args.lora, device,
+                         inference_dtype(args.precision, device, "--precision"))
+    if args.fuse and not args.no_lora:
+        pipe.fuse_lora(components=["unet"], lora_scale=1.0)
+    if args.cuda_graphs and device.type == "cuda":
+        use_cuda_graphs(pipe.unet)
     pipe.set_progress_bar_config(disable=False, desc="denoise", leave=False)
     image = sample_image(pipe, args.prompt, args.negative, args.steps, args.guidance, args.seed,
                          args.height, args.width)

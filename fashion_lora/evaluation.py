@@ -76,9 +76,10 @@ def diversity(images: list[Image.Image]) -> float:
 
 
 def attribute_metrics(pipe, n_colors: int, n_seeds: int, steps: int, guidance: float, negative: str,
-                      height: int, width: int, seed: int) -> tuple[dict, dict[str, list[Image.Image]]]:
+                      height: int, width: int, seed: int, fuse: bool = False) -> tuple[dict, dict[str, list[Image.Image]]]:
     """Colour-following accuracy (overall and per colour) and diversity, base vs LoRA, on the same
-    prompts and seeds. Images come back colour-major (`n_seeds` per colour), per model."""
+    prompts and seeds (base first; `fuse` merges the LoRA in for its images). Images come back
+    colour-major (`n_seeds` per colour), per model."""
     from tqdm import tqdm
 
     colors = list(COLORS)[:n_colors]
@@ -89,7 +90,7 @@ def attribute_metrics(pipe, n_colors: int, n_seeds: int, steps: int, guidance: f
     for name, enabled in (("base", False), ("lora", True)):
         correct, divs, imgs = 0, [], []
         bar.set_postfix(model=name, refresh=False)
-        with lora_enabled(pipe, enabled):
+        with lora_enabled(pipe, enabled, fuse=fuse):
             for row, color in zip(out["per_color"], colors):
                 per_prompt = []
                 for s in range(n_seeds):

@@ -7,8 +7,9 @@ from fashion_lora import paths
 from fashion_lora.evaluation import attribute_metrics, attribute_prompts, attribute_sheet, clip_score, val_losses
 from fashion_lora.latents import load_latents
 from fashion_lora.lora import load_pipeline
+from fashion_lora.sampling import use_cuda_graphs
 from fashion_lora.params import load_params
-from fashion_lora.utils import UserError, atomic_dir, resolve_device, run_stage, set_seed, write_json
+from fashion_lora.utils import UserError, atomic_dir, inference_dtype, resolve_device, run_stage, set_seed, write_json
 
 log = logging.getLogger("stages.evaluate")
 
@@ -28,8 +29,12 @@ def main() -> None:
              metrics["base"]["mse"], metrics["lora"]["mse"], 100 * metrics["improvement"]["mse"],
              metrics["evaluations"])
     if ev.attribute_prompts:
+        pipe.to(dtype=inference_dtype(ev.precision, device, "evaluate.precision"))  # val losses above stay fp32
+        if gen.cuda_graphs and device.type == "cuda":  # after the dtype change: graphs hold the weights' memory
+            use_cuda_graphs(pipe.unet)
         attr, images = attribute_metrics(pipe, ev.attribute_prompts, ev.attribute_seeds, ev.attribute_steps,
-                                         gen.guidance_scale, gen.negative_prompt, *params.image_size, params.seed)
+                                         gen.guidance_scale, gen.negative_prompt, *params.image_size, params.seed,
+                                         fuse=gen.fuse_lora)
         per_color = attr.pop("per_color")  # its own file: 16 more metric columns would crowd `dvc exp show`
         metrics["attribute"] = attr
         log.info("colour attribute accuracy: base %.2f, LoRA %.2f (chance %.2f)", attr["base_accuracy"],

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -85,6 +86,8 @@ def test_cli_generates_an_image(tmp_path, tiny_base, trained):
     helptext = subprocess.run([sys.executable, "-m", "fashion_lora", "generate", "--help"], cwd=REPO,
                               capture_output=True, text=True).stdout
     assert "--steps" in helptext and "--lora" in helptext
+    for flag in ("--precision", "--fuse", "--cuda-graphs"):  # inference speed options, defaults from params.yaml
+        assert flag in helptext
 
 
 def test_fused_export_matches_adapter(tmp_path, tiny_base, trained):
@@ -125,3 +128,43 @@ def test_clip_score_with_a_local_model_and_clear_errors(tmp_path):
     proc.save_pretrained(tmp_path / "clip")
     score = clip_score(str(tmp_path / "clip"), img * 2, ["a red dress", "a blue shirt"])
     assert isinstance(score, float) and -100 <= score <= 100
+
+
+def test_fused_lora_draws_what_the_adapter_draws_and_base_images_stay_exact(tmp_path, tiny_base, trained):
+    """`generate.fuse_lora`: the LoRA images of a fused UNet agree with the unfused adapter's
+    within rounding; the base images, drawn before any fusing, are exactly the unfused base's."""
+    import numpy as np
+
+    from fashion_lora.params import load_params
+    from fashion_lora.sampling import sample_prompt_grid
+
+    gen = replace(load_params().generate, prompts=["The lady wears a red dress."], steps=[3], fuse_lora=True)
+    pipe = load_pipeline(tiny_base, trained, torch.device("cpu"))
+    images, _ = sample_prompt_grid(pipe, gen, (64, 64), tmp_path)
+    fresh = load_pipeline(tiny_base, trained, torch.device("cpu"))
+    args = (gen.prompts[0], gen.negative_prompt, 3, gen.guidance_scale, gen.seed, 64, 64)
+    with lora_enabled(fresh, False):
+        assert images[0, 3, "base"].tobytes() == sample_image(fresh, *args).tobytes()
+    unfused = np.asarray(sample_image(fresh, *args), dtype=np.int16)
+    fused = np.asarray(images[0, 3, "lora"], dtype=np.int16)
+    assert np.abs(fused - unfused).max() <= 2 and fused.tobytes() != images[0, 3, "base"].tobytes()
+    with torch.no_grad():  # and the UNet itself, before the uint8 rounding
+        x, t, e = torch.randn(1, 4, 8, 8), torch.tensor([400]), torch.randn(1, 77, 64)
+        want = fresh.unet(x, t, e).sample
+        with lora_enabled(fresh, True, fuse=True):
+            assert not any(m.merged is False for m in fresh.unet.modules() if hasattr(m, "merged_adapters"))
+            got = fresh.unet(x, t, e).sample
+        assert (got - want).abs().max() < 1e-4
+        assert (fresh.unet(x, t, e).sample - want).abs().max() < 1e-4  # unfused again on leaving
+
+
+def test_cuda_graph_wrapper_leaves_cpu_sampling_unchanged(tiny_base, trained):
+    """`use_cuda_graphs` replays graphs on CUDA only; elsewhere (and for calls it does not
+    cover) the pipeline's UNet call goes through unchanged: same image bytes."""
+    from fashion_lora.sampling import use_cuda_graphs
+
+    pipe = load_pipeline(tiny_base, trained, torch.device("cpu"))
+    args = ("The lady wears a red dress.", "", 3, 3.0, 5, 64, 64)
+    before = sample_image(pipe, *args).tobytes()
+    use_cuda_graphs(pipe.unet)
+    assert sample_image(pipe, *args).tobytes() == before and pipe.unet._cuda_graphs == {}
