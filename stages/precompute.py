@@ -8,7 +8,7 @@ from fashion_lora import paths
 from fashion_lora.base import load_base
 from fashion_lora.params import load_params
 from fashion_lora.precompute import encode_dataset, precompute_report
-from fashion_lora.utils import resolve_device, run_stage, set_seed, write_json
+from fashion_lora.utils import inference_dtype, resolve_device, run_stage, set_seed, write_json
 
 log = logging.getLogger("stages.precompute")
 
@@ -19,7 +19,7 @@ def main() -> None:
     set_seed(params.seed)
     device = resolve_device(pre.device, "precompute.device")
     df = pd.read_csv(paths.CSV, keep_default_na=False)
-    vae = load_base(paths.BASE, device).vae
+    vae = load_base(paths.BASE, device, inference_dtype(pre.precision, device, "precompute.precision")).vae
     index, drops, seconds = encode_dataset(df, vae, pre, paths.LATENTS)
     report = precompute_report(index, len(df), drops, seconds, paths.LATENTS, device, pre)
     write_json(paths.PRECOMPUTE_REPORT, report)
