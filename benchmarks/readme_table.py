@@ -1,4 +1,5 @@
-"""Render reports/bench/*.json into the README's Performance table (between the bench markers).
+"""Render reports/bench/*.json into the README's Performance table (between the bench markers),
+and the GPU runs kept in reports/gpu/*.json (by `benchmarks/gpu.py`) into its GPU table.
 
     python -m benchmarks.readme_table        # after running the benchmarks
 """
@@ -12,6 +13,8 @@ from pathlib import Path
 README = Path("README.md")
 BENCH = Path("reports/bench")
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+GPU_RUNS = Path("reports/gpu")  # in git: GPU figures cannot be measured again on the CI machines
+GPU_START, GPU_END = "<!-- gpu:start -->", "<!-- gpu:end -->"
 
 
 def _load(name: str) -> dict | None:
@@ -65,11 +68,61 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def _settings(r: dict) -> str:
+    """What a GPU measurement ran with, from its own fields."""
+    parts = [f"batch {r['batch_size']}"] if "batch_size" in r else []
+    precision = r.get("mixed_precision") or r.get("precision") or r.get("dtype", "").removeprefix("torch.")
+    parts += [precision] if precision else []
+    parts += [f"compile {r['compile']}"] if r.get("compile", "none") != "none" else []
+    parts += ["CUDA graphs"] if r.get("cuda_graphs") else []
+    parts += ["foreach AdamW"] if r.get("fused_adamw") is False else []
+    parts += ["gradient checkpointing"] if r.get("gradient_checkpointing") else []
+    parts += ["LoRA fused"] if r.get("fuse_lora") else []
+    parts += [f"{r['workers']} workers"] if "workers" in r else []
+    return ", ".join(parts)
+
+
+def _result(r: dict) -> str:
+    if "skipped" in r or "error" in r:
+        return f"not measured ({r.get('skipped') or r['error']})"
+    if "seconds_per_image" in r:
+        same = (f"; pixels vs eager: max diff {r['max_abs_diff_vs_eager']}" if "max_abs_diff_vs_eager" in r else "")
+        return f"{r['seconds_per_image']:.3f} s/image{same}"
+    if "steps_per_second" in r:
+        out = f"{r['steps_per_second']:.2f} steps/s, {r['images_per_second']:.1f} images/s"
+        out += f", MFU {100 * r['mfu']:.1f}%" if r.get("mfu") else ""
+        out += f", peak {r['peak_memory_mib'] / 1024:.1f} GiB" if r.get("peak_memory_mib") else ""
+        return out + (f", first step {r['first_step_seconds']:.1f} s" if r.get("first_step_seconds", 0) >= 5 else "")
+    if "flops" in r:
+        return f"{r['flops'] / 1e12:.2f} TFLOP per forward + backward"
+    return f"{r['images_per_second']:.1f} images/s"
+
+
+def gpu_table(runs: list[Path]) -> str:
+    """One table per GPU run file: card, torch, date, then each measurement with its settings."""
+    if not runs:
+        return "GPU figures not yet measured: run `python -m benchmarks.gpu` on a GPU (see tools/gpu/)."
+    out = []
+    for path in runs:
+        run = json.loads(path.read_text())
+        m = run["machine"]
+        out += [f"{m['gpu']}, torch {m['torch']}, {m['date']}, by `benchmarks/gpu.py` ([{path.name}]({path})):", "",
+                "| measurement | settings | result |", "|---|---|---|"]
+        out += [f"| {name} | {_settings(r)} | {_result(r)} |" for name, r in run["measurements"].items()]
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def _replace(text: str, start: str, end: str, body: str) -> str:
+    return re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: f"{start}\n{body}\n{end}", text, flags=re.S)
+
+
 def main() -> None:
-    text = README.read_text()
-    new = re.sub(re.escape(START) + r".*?" + re.escape(END), f"{START}\n{table()}\n{END}", text, flags=re.S)
-    README.write_text(new)
+    text = _replace(README.read_text(), START, END, table())
+    gpu = gpu_table(sorted(GPU_RUNS.glob("*.json"), reverse=True))  # newest first
+    README.write_text(_replace(text, GPU_START, GPU_END, gpu))
     print(table())
+    print(gpu)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.slow
     ("benchmarks.data_throughput", ["--count", "60", "--reps", "1", "--no-deepfashion-size"], "filter"),
     ("benchmarks.train_step", ["--steps", "3", "--reps", "1", "--resolutions", "64"], "64"),
     ("benchmarks.memory", ["--sizes", "40", "60", "--skip-sd15"], "data"),
+    ("benchmarks.gpu", ["--smoke"], "measurements"),
 ])
 def test_benchmark_runs_and_writes_json(tmp_path, module, args, key):
     env = {**os.environ, "BENCH_OUT": str(tmp_path)}
@@ -24,3 +25,7 @@ def test_benchmark_runs_and_writes_json(tmp_path, module, args, key):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads((tmp_path / f"{module.split('.')[1]}.json").read_text())
     assert key in out and out["machine"]["cores"] >= 1
+    if module == "benchmarks.gpu":  # every path ran (a failing option is recorded, not raised)
+        failed = {k: v["error"] for k, v in out["measurements"].items() if "error" in v}
+        assert not failed and len(out["measurements"]) >= 10, failed
+        assert out["measurements"]["stage_b2"]["steps_per_second"] > 0
