@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from fashion_lora.filtering import product_id
@@ -128,8 +129,13 @@ def test_ctrl_c_during_exp_run_then_same_command_resumes(repo):
         proc = subprocess.Popen(cmd, cwd=repo, env=env(), stdout=f, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     t0 = time.time()
+    ckpt = repo / "models/checkpoints/checkpoint.pt"
     try:
-        while "step 20: val MSE" not in log.read_text():
+        # Wait for this run's checkpoint at step >= 20 (written atomically by the stage), not for
+        # a log line: the stage's output reaches the log through dvc and was once seen only after
+        # the whole run had ended (CI, 2026-11-26), too late to interrupt anything.
+        while not (ckpt.is_file() and ckpt.stat().st_mtime >= t0
+                   and torch.load(ckpt, weights_only=True)["step"] >= 20):
             assert proc.poll() is None, log.read_text()[-3000:]
             assert time.time() - t0 < 300, "training never reached step 20"
             time.sleep(0.1)
