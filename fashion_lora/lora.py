@@ -24,7 +24,7 @@ def lora_config(lora: LoraParams):
 
     # Default peft init (B = 0): the adapter starts as an exact no-op on the base.
     return LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=list(lora.target_modules), init_lora_weights=True)
+                      target_modules=list(lora.target_modules), init_lora_weights=True, use_dora=lora.use_dora)
 
 
 def attach_lora(unet, lora: LoraParams):
@@ -124,6 +124,9 @@ def kohya_state(diffusers_file: Path) -> tuple[dict[str, torch.Tensor], dict[str
     with safe_open(str(diffusers_file), framework="pt") as f:
         meta = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if any("lora_magnitude_vector" in k for k in tensors):
+        raise UserError(f"{diffusers_file}: a DoRA adapter (train.lora.use_dora) has magnitude vectors the kohya "
+                        "LoRA format cannot hold; use the diffusers file or `python -m fashion_lora export fused`")
     # diffusers stores the peft config with each key prefixed by the component ("unet.r").
     cfg = {k.removeprefix("unet."): v for k, v in json.loads(meta.get("lora_adapter_metadata", "{}")).items()}
     if "lora_alpha" not in cfg:

@@ -205,6 +205,14 @@ class LoraParams:
     alpha: float = limits(gt=0)
     dropout: float = limits(ge=0, lt=1)
     target_modules: list[str] = limits(nonempty=True)
+    use_dora: bool  # DoRA (peft): LoRA on the direction, a learned magnitude per output channel
+
+
+@dataclass(frozen=True)
+class EmaParams:
+    enabled: bool  # validation, best-by-val, the saved adapter and evaluate use the moving average
+    decay: float = limits(gt=0, lt=1)
+    warmup: bool  # the decay ramps up as (1 + step) / (10 + step) until it reaches `decay`
 
 
 @dataclass(frozen=True)
@@ -274,6 +282,7 @@ class TrainParams:
     sync_every: int = limits(ge=1)  # steps between reads of the loss from the GPU (each step is still logged)
     data_on_device: bool  # train latents on the GPU when they fit (else host memory, copied per step)
     lora: LoraParams
+    ema: EmaParams  # exponential moving average of the LoRA weights
     augment: LatentAugment
     captions: CaptionAugment
     early_stopping: EarlyStopping

@@ -9,6 +9,7 @@ uninterrupted one.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -118,6 +119,47 @@ class TextEmbeddings:
 
 
 # ----------------------------------------------------------------------------- state
+class LoraEMA:
+    """Exponential moving average of the LoRA weights, kept beside them (fp32, same device).
+
+    `applied()` swaps the average in for a block (validation, saving) and puts the trained
+    weights back after it, so training itself never sees the average.
+    """
+
+    def __init__(self, params: list[torch.Tensor], decay: float, warmup: bool):
+        self.params, self.decay, self.warmup = params, decay, warmup
+        self.shadow = [p.detach().clone() for p in params]
+
+    def decay_at(self, step: int) -> float:
+        """The decay after optimizer step `step` (0-based): ramped early so the average soon
+        forgets the initial (untrained) weights."""
+        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        """shadow <- decay * shadow + (1 - decay) * weights, all tensors in one foreach call."""
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - self.decay_at(step))
+
+    @contextlib.contextmanager
+    def applied(self):
+        with torch.no_grad():
+            trained = [p.detach().clone() for p in self.params]
+            torch._foreach_copy_([p.data for p in self.params], self.shadow)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_([p.data for p in self.params], trained)
+
+    def state_dict(self) -> dict:
+        return {"shadow": [s.detach().cpu() for s in self.shadow]}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for s, saved in zip(self.shadow, state["shadow"]):
+                s.copy_(saved)
+
+
 @dataclass
 class EarlyStop:
     patience: int
@@ -168,6 +210,11 @@ class Model:
     optimizer: Any  # accelerate's wrapper; `.optimizer` is the torch one
     lr_scheduler: Any
     system: dict
+    ema: Optional[LoraEMA] = None  # train.ema.enabled
+
+    def eval_weights(self):
+        """The weights validation, selection and saving use: the moving average when it is on."""
+        return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
 
 
 @dataclass
@@ -374,8 +421,9 @@ def setup_model(params: Params, base_dir: Path) -> Model:
     # The LR scheduler is stepped by hand once per optimizer step (accelerate would step it
     # once per process).
     unet, optimizer = accelerator.prepare(unet, optimizer)
+    ema = LoraEMA(lora_params, train_params.ema.decay, train_params.ema.warmup) if train_params.ema.enabled else None
     return Model(accelerator, device, weight_dtype, base, unet, accelerator.unwrap_model(unet), cfg, lora_params,
-                 optimizer, lr_scheduler, info)
+                 optimizer, lr_scheduler, info, ema)
 
 
 def setup_data(params: Params, model: Model, latent_dir: Path) -> Data:
@@ -451,6 +499,7 @@ def save_checkpoint(path: Path, run: Run, fp: dict[str, str], live_dir: Path) ->
         "scaler": scaler.state_dict() if scaler is not None else {},
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "ema": model.ema.state_dict() if model.ema is not None else {},
         "early": state.early.state_dict(),
         "history": json.dumps(state.history),
         "live": json.dumps(snapshot_live(live_dir)),
@@ -478,6 +527,8 @@ def restore_checkpoint(path: Path, run: Run, fp: dict[str, str]) -> Optional[dic
     torch.set_rng_state(ckpt["rng"])
     if torch.cuda.is_available() and ckpt["cuda_rng"]:
         torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+    if model.ema is not None:
+        model.ema.load_state_dict(ckpt["ema"])
     state.step = run.checkpoint_step = ckpt["step"]
     state.early.load_state_dict(ckpt["early"])
     state.best_lora = ckpt["best_lora"] or None
@@ -522,20 +573,25 @@ def _set_lora(unet, state: dict) -> None:
 
 # ----------------------------------------------------------------------------- validation
 def log_validation(run: Run, step: int) -> dict:
-    """Val loss of the current adapter on the fixed plan; tracks the best adapter and early stopping."""
+    """Val loss of the current adapter (its moving average with `train.ema`) on the fixed plan;
+    tracks the best adapter and early stopping."""
     model, data, state, train_params = run.model, run.data, run.state, run.params.train
     unet = model.raw_unet
     unet.eval()
-    with model.accelerator.autocast():  # a half-precision base with fp32 LoRA needs autocast on GPU
-        mse, mae = diffusion.eval_losses(unet, model.base.noise_scheduler, data.val_latents,
-                                         data.val_encoder_hidden_states, data.val_plan,
-                                         batch_size=max(train_params.batch_size, 16),
-                                         desc="validation (base model)" if step == 0 else None)
+    with model.eval_weights():
+        with model.accelerator.autocast():  # a half-precision base with fp32 LoRA needs autocast on GPU
+            mse, mae = diffusion.eval_losses(unet, model.base.noise_scheduler, data.val_latents,
+                                             data.val_encoder_hidden_states, data.val_plan,
+                                             batch_size=max(train_params.batch_size, 16),
+                                             desc="validation (base model)" if step == 0 else None)
+        metrics = diffusion.summarize(mse, mae)
+        improved = state.early.update(metrics["mse"], step)
+        if improved:
+            state.best_lora = lora_state(unet)
+        if run.live is not None and train_params.samples.every and len(state.history) % train_params.samples.every == 0:
+            with model.accelerator.autocast():
+                _log_sample(run.live, model.base, unet, train_params, data.resolution, step)
     unet.train()
-    metrics = diffusion.summarize(mse, mae)
-    improved = state.early.update(metrics["mse"], step)
-    if improved:
-        state.best_lora = lora_state(unet)
     state.history.append({"step": step, **metrics})
     if run.live is not None:
         run.live.step = step
@@ -543,9 +599,6 @@ def log_validation(run: Run, step: int) -> dict:
             run.live.log_metric(f"val/{k}", v)
     log.info("step %d: val MSE %.5f MAE %.5f std %.5f%s", step, metrics["mse"], metrics["mae"],
              metrics["loss_std"], " (best)" if improved else f" (no improvement x{state.early.bad})")
-    if run.live is not None and train_params.samples.every and (len(state.history) - 1) % train_params.samples.every == 0:
-        with model.accelerator.autocast():
-            _log_sample(run.live, model.base, unet, train_params, data.resolution, step)
     if run.on_validation:
         run.on_validation(step, metrics)
     return metrics
@@ -642,6 +695,8 @@ def training_loop(run: Run, out: Outputs, ckpt_path: Path, fp: dict[str, str]) -
                     grad_norm = accelerator.clip_grad_norm_(model.lora_params, train_params.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+        if model.ema is not None:
+            model.ema.update(step)
         model.lr_scheduler.step()
         state.step += 1
         pending.append((state.step, loss.detach(), grad_norm.detach(), model.lr_scheduler.get_last_lr()[0]))
@@ -715,6 +770,8 @@ def finish(run: Run, out: Outputs, fp: dict[str, str], loop: LoopResult) -> dict
         "trainable_params": sum(q.numel() for q in model.lora_params),
         "unet_params": sum(q.numel() for q in model.raw_unet.parameters()),
         "lora_modules": len({k.rsplit(".lora_", 1)[0] for k in last}),
+        # which weights were validated, selected and saved
+        "weights": f"moving average (decay {run.params.train.ema.decay})" if model.ema is not None else "trained",
         "truncated_captions": {"train": data.batches.truncated, "val": data.val_truncated},
         "resumed_from_step": loop.steps_at_start or None,
         "seconds": round(loop.seconds, 2), "seconds_validation_and_checkpoints": round(loop.side_seconds, 2),
@@ -739,13 +796,17 @@ def save_adapters(run: Run, out: Outputs) -> dict:
     from .lora import KOHYA_WEIGHTS, kohya_state, save_lora
 
     model, state = run.model, run.state
-    last = lora_state(model.raw_unet)
+    with model.eval_weights():
+        last = lora_state(model.raw_unet)
     with atomic_dir(out.lora_dir) as tmp:  # the old adapter stays until the new one is complete
         best_file = save_lora(model.raw_unet, model.lora_config, tmp, state.best_lora or last)
         save_lora(model.raw_unet, model.lora_config, tmp / "last", last)
-        kohya, meta = kohya_state(best_file)
-        save_file(kohya, str(tmp / KOHYA_WEIGHTS), metadata=meta)
-        canonicalize_safetensors(tmp / KOHYA_WEIGHTS)
+        if model.lora_config.use_dora:
+            log.info("no %s: the kohya LoRA format cannot hold DoRA's magnitude vectors", KOHYA_WEIGHTS)
+        else:
+            kohya, meta = kohya_state(best_file)
+            save_file(kohya, str(tmp / KOHYA_WEIGHTS), metadata=meta)
+            canonicalize_safetensors(tmp / KOHYA_WEIGHTS)
     return last
 
 

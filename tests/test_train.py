@@ -438,3 +438,79 @@ def test_regional_compile_gives_the_same_loss_and_grads(tiny_base):
     assert blocks and all(b._compiled_call_impl is not None for b in blocks)
     assert torch.allclose(loss, eager_loss, atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, eager_grads))
+
+
+def test_ema_update_rule_and_swap_on_a_toy_parameter():
+    """shadow <- d * shadow + (1 - d) * w, with d ramping as (1 + s) / (10 + s) up to `decay`;
+    `applied()` shows the average inside the block and restores the trained weights after it."""
+    from fashion_lora.training import LoraEMA
+
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    ema = LoraEMA([w], decay=0.9, warmup=True)
+    assert [round(ema.decay_at(s), 4) for s in (0, 1, 8, 100)] == [0.1, 0.1818, 0.5, 0.9]
+    expected = w.detach().clone()
+    for step, value in enumerate((3.0, 5.0, -1.0)):
+        with torch.no_grad():
+            w.fill_(value)
+        ema.update(step)
+        d = ema.decay_at(step)
+        expected = d * expected + (1 - d) * torch.full((2,), value)
+        assert torch.allclose(ema.shadow[0], expected)
+    with ema.applied():
+        assert torch.equal(w.detach(), ema.shadow[0])
+    assert torch.equal(w.detach(), torch.full((2,), -1.0))
+    assert LoraEMA([w], decay=0.9, warmup=False).decay_at(0) == 0.9
+
+
+def test_ema_resume_is_bit_exact_and_the_average_is_what_is_saved(tmp_path, tiny_base, latent_dir):
+    from safetensors.torch import load_file
+
+    p = train_params(max_steps=12, val_every=4, checkpoint_every=4)
+    p = replace(p, train=replace(p.train, ema=replace(p.train.ema, enabled=True, decay=0.9)))
+    report = train(p, tiny_base, latent_dir, outputs(tmp_path / "full"))
+    assert report["weights"] == "moving average (decay 0.9)"
+
+    def crash_at_8(step, metrics):
+        if step == 8:
+            raise RuntimeError("crash")
+
+    with pytest.raises(RuntimeError):
+        train(p, tiny_base, latent_dir, outputs(tmp_path / "cut"), on_validation=crash_at_8)
+    assert train(p, tiny_base, latent_dir, outputs(tmp_path / "cut"))["resumed_from_step"] == 4
+    for rel in (LORA_WEIGHTS, f"last/{LORA_WEIGHTS}"):
+        assert (tmp_path / "full/lora" / rel).read_bytes() == (tmp_path / "cut/lora" / rel).read_bytes(), rel
+    ckpt = torch.load(tmp_path / "full/ckpt/checkpoint.pt", weights_only=True)
+    last = list(load_file(tmp_path / f"full/lora/last/{LORA_WEIGHTS}").values())
+    shadow, trained = ckpt["ema"]["shadow"], list(ckpt["lora"].values())
+    assert len(last) == len(shadow) and sorted(float(t.sum()) for t in last) == sorted(float(t.sum()) for t in shadow)
+    assert sorted(float(t.sum()) for t in last) != sorted(float(t.sum()) for t in trained)
+
+
+def test_dora_adapter_reloads_fuses_and_refuses_kohya(tmp_path, tiny_base, latent_dir):
+    """`train.lora.use_dora`: the saved file (with its magnitude vectors) reloads through
+    `load_lora_weights` to the trained UNet's output, the fused export matches it, and the
+    kohya export (which cannot hold magnitudes) is refused with the way out."""
+    from fashion_lora.export import export_fused, export_kohya
+
+    p = train_params(max_steps=4, val_every=4, lora={"use_dora": True})
+    train(p, tiny_base, latent_dir, outputs(tmp_path))
+    lora = tmp_path / "lora"
+    assert not (lora / "fashion_lora_kohya.safetensors").exists()
+    base = load_base(tiny_base, torch.device("cpu"), with_vae=False)
+    torch.manual_seed(0)
+    attach_lora(base.unet, p.train.lora)
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    state = {k.removeprefix("unet."): v for k, v in load_file(lora / LORA_WEIGHTS).items()}
+    assert any("lora_magnitude_vector" in k for k in state)
+    set_peft_model_state_dict(base.unet, state)
+    base.unet.eval()
+    x, t, e = torch.randn(1, 4, 8, 8), torch.tensor([300]), torch.randn(1, 77, 64)
+    with torch.no_grad():
+        want = base.unet(x, t, e).sample
+        assert (load_pipeline(tiny_base, lora, torch.device("cpu")).unet(x, t, e).sample - want).abs().max() < 1e-5
+        export_fused(tiny_base, lora, tmp_path / "fused")
+        assert (load_pipeline(tmp_path / "fused", None, torch.device("cpu")).unet(x, t, e).sample - want).abs().max() < 1e-4
+    with pytest.raises(UserError, match="DoRA.*kohya.*export fused"):
+        export_kohya(lora, tmp_path / "k.safetensors")
