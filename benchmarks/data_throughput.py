@@ -22,6 +22,7 @@ import torch
 from benchmarks.common import stats, timed, write
 from fashion_lora import synthetic
 from fashion_lora.base import load_base, provision_base
+from fashion_lora.buckets import buckets_for
 from fashion_lora.filtering import filter_entries
 from fashion_lora.images import prepare, to_vae_input
 from fashion_lora.latents import encode, iter_chunks
@@ -29,8 +30,11 @@ from fashion_lora.params import load_params
 from fashion_lora.utils import setup_logging
 
 
+TINY_STEP = 32  # the tiny base's bucket step (tests/test_buckets.py checks it)
+
+
 def _prep(path, p):
-    return prepare(0, path, p)
+    return prepare(0, path, p, buckets_for(p, TINY_STEP))
 
 
 def _upscale(folder: Path) -> None:
@@ -79,7 +83,7 @@ def main(argv=None) -> None:
 
         def pre_naive():
             for path in paths:
-                x = prepare(0, path, pp)
+                x = prepare(0, path, pp, buckets_for(pp, TINY_STEP))
                 if x.reason is None:
                     encode(vae, to_vae_input([x.pixels]))
 
@@ -87,8 +91,9 @@ def main(argv=None) -> None:
             with mp.get_context("spawn").Pool(pp.workers) as pool:
                 for chunk in iter_chunks(paths, pp.batch_size * 8):
                     good = [x for x in pool.map(functools.partial(_prep, p=pp), chunk) if x.reason is None]
-                    for batch in iter_chunks(good, pp.batch_size):
-                        encode(vae, to_vae_input([x.pixels for x in batch]))
+                    for bucket in sorted({x.bucket for x in good}):  # one size per VAE batch
+                        for batch in iter_chunks([x for x in good if x.bucket == bucket], pp.batch_size):
+                            encode(vae, to_vae_input([x.pixels for x in batch]))
 
         p_naive = timed(pre_naive, args.reps)
         p_ours = timed(pre_ours, args.reps)

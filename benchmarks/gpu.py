@@ -111,7 +111,8 @@ def build_latents(root: Path, latent_side: int, n_train: int, n_val: int) -> Pat
     for i in range(n_train + n_val):
         w.add(torch.randn(4, latent_side, latent_side, generator=gen),
               {"image_name": f"{i}.jpg", "caption": caption_for(random_garments(rng)),
-               "split": "train" if i < n_train else "val", "crop": [0, 0, 1, 1], "orig_size": [1, 1]})
+               "split": "train" if i < n_train else "val", "bucket": [latent_side * 8] * 2,
+               "crop": [0, 0, 1, 1], "orig_size": [1, 1]})
     w.close({"resolution": latent_side * 8, "latent_size": latent_side, "dtype": "float16",
              "scaling_factor": 0.18215, "crop": "center"})
     return out
@@ -292,7 +293,8 @@ def precompute_speed(bench: Bench, root: Path, base_dir: Path, params, resolutio
     import pandas as pd
     from PIL import Image
 
-    from fashion_lora.base import load_base
+    from fashion_lora.base import load_base, model_step
+    from fashion_lora.buckets import buckets_for
     from fashion_lora.precompute import encode_dataset
     from fashion_lora.utils import inference_dtype, worker_count
 
@@ -315,11 +317,13 @@ def precompute_speed(bench: Bench, root: Path, base_dir: Path, params, resolutio
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pre = replace(params.precompute, resolution=resolution, workers=workers, precision=precision, batch_size=batch,
                   min_side=16, min_sharpness=0.0)
-    vae = load_base(base_dir, device, inference_dtype(precision, device, "precision")).vae
-    index, drops, seconds = encode_dataset(df, vae, pre, root / "bench-latents")
+    base = load_base(base_dir, device, inference_dtype(precision, device, "precision"))
+    buckets = buckets_for(pre, model_step(base.vae, base.unet))  # 750x1101 -> 512x768 at 512 on SD1.5
+    index, drops, seconds = encode_dataset(df, base.vae, pre, root / "bench-latents", buckets)
     shutil.rmtree(root / "bench-latents", ignore_errors=True)
     return {"images_per_second": round(rows / seconds, 1), "rows": rows, "encoded": len(index["items"]),
-            "workers": worker_count(workers), "precision": precision, "batch_size": batch, "resolution": resolution}
+            "workers": worker_count(workers), "precision": precision, "batch_size": batch, "resolution": resolution,
+            "buckets": sorted({f"{w}x{h}" for w, h in (it["bucket"] for it in index["items"])})}
 
 
 def sync(device: torch.device) -> None:

@@ -38,13 +38,14 @@ def build_data(root: Path, params, res: int) -> tuple[Path, list[dict]]:
 
     rows = sample_and_split(filter_entries(json.loads((root / "captions.json").read_text()), root / "images",
                                            replace(params.filter, workers=1))[0], 10_000, 0.1, 0)
-    pp = replace(params.precompute, resolution=res)
+    pp = replace(params.precompute, resolution=res, shape="square")  # speed per square size
     vae = load_base(root / "base", torch.device("cpu")).vae
     out = root / f"latents{res}"
     w = ShardWriter(out, 1024, torch.float16)
     for r in rows:
-        x = prepare(0, str(root / "images" / r["image_name"]), pp)
-        w.add(encode(vae, to_vae_input([x.pixels]))[0], {**r, "crop": list(x.crop), "orig_size": list(x.orig_size)})
+        x = prepare(0, str(root / "images" / r["image_name"]), pp, [(res, res)])
+        w.add(encode(vae, to_vae_input([x.pixels]))[0], {**r, "bucket": [res, res], "crop": list(x.crop),
+                                                         "orig_size": list(x.orig_size)})
     w.close({"resolution": res})
     return out, rows
 
@@ -81,7 +82,7 @@ def reference_loop(base_dir: Path, params, rows: list[dict], images: Path, res: 
 
     def step(i):
         batch = [rows[(i * b + j) % len(rows)] for j in range(b)]
-        pix = [prepare(0, str(images / r["image_name"]), pp).pixels for r in batch]
+        pix = [prepare(0, str(images / r["image_name"]), pp, [(res, res)]).pixels for r in batch]
         lat = encode(base.vae, to_vae_input(pix))
         ids = base.tokenizer([r["caption"] for r in batch], padding="max_length", truncation=True,
                              max_length=77, return_tensors="pt").input_ids
@@ -124,8 +125,8 @@ def breakdown(base_dir: Path, params, latent_dir: Path, n: int = 200) -> dict:
     from fashion_lora.training import LatentBatches, TextEmbeddings
 
     base = load_base(base_dir, torch.device("cpu"), with_vae=False)
-    lat, items = load_latents(latent_dir, "train")
-    batches = LatentBatches(lat, [it["caption"] for it in items], base.tokenizer, params.train, params.seed)
+    train = load_latents(latent_dir, "train")
+    batches = LatentBatches(train, [it["caption"] for it in train.items], base.tokenizer, params.train, params.seed)
     text = TextEmbeddings(base.text_encoder, batches.token_ids, torch.device("cpu"))
 
     def per_call(fn) -> float:
@@ -165,7 +166,7 @@ def main(argv=None) -> None:
         provision_base("tiny-random", 0, root / "base")
         for res in args.resolutions:
             latent_dir, rows = build_data(root, params, res)
-            train_lat, _ = load_latents(latent_dir, "train")
+            train_lat = load_latents(latent_dir, "train").tensors[0]
             o = [ours(root / "base", params, latent_dir, args.steps, root / "run")[0] for _ in range(args.reps)]
             r = [reference_loop(root / "base", params, rows, root / "images", res, args.steps) for _ in range(args.reps)]
             lim = [limit_loop(root / "base", params, train_lat, args.steps) for _ in range(args.reps)]

@@ -194,6 +194,13 @@ def vae_scale_factor(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+def model_step(vae, unet) -> int:
+    """Pixels per bucket side step of a loaded base (see `buckets.size_step`)."""
+    from .buckets import size_step
+
+    return size_step(vae_scale_factor(vae), unet.config.block_out_channels)
+
+
 def base_info(pipe, base: str, kind: str) -> dict:
     """What reports/base_model.json records about any base."""
     return {"base": base, "kind": kind, "unet_params": sum(q.numel() for q in pipe.unet.parameters()),

@@ -24,7 +24,7 @@ log = logging.getLogger("fashion_lora.cli")
 def build_parser(params_file: Path) -> argparse.ArgumentParser:
     """Both subcommands, their defaults read from `params_file`."""
     params = load_params(params_file)
-    gen, (height, width) = params.generate, params.image_size
+    gen = params.generate
     ap = argparse.ArgumentParser(prog="python -m fashion_lora", description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", type=Path, default=params_file, help="params file the defaults come from")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -42,8 +42,10 @@ def build_parser(params_file: Path) -> argparse.ArgumentParser:
                    help="classifier-free guidance scale (generate.guidance_scale)")
     g.add_argument("--negative", default=gen.negative_prompt, help="negative prompt (generate.negative_prompt)")
     g.add_argument("--seed", type=int, default=gen.seed, help="noise seed: same seed, same image (generate.seed)")
-    g.add_argument("--height", type=int, default=height, help="pixels (generate.height, else precompute.resolution)")
-    g.add_argument("--width", type=int, default=width, help="pixels (generate.width, else precompute.resolution)")
+    g.add_argument("--height", type=_size, default=gen.height,
+                   help="pixels, or auto = the most common train bucket in --latents (generate.height)")
+    g.add_argument("--width", type=_size, default=gen.width, help="pixels or auto (generate.width)")
+    g.add_argument("--latents", type=Path, default=paths.LATENTS, help="latent index that `auto` sizes come from")
     g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=gen.device, help="(generate.device)")
     g.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default=gen.precision,
                    help="weights dtype; auto = fp16 on CUDA, fp32 on CPU (generate.precision)")
@@ -60,12 +62,22 @@ def build_parser(params_file: Path) -> argparse.ArgumentParser:
     return ap
 
 
+def _size(value: str) -> int | str:
+    if value == "auto":
+        return value
+    if not value.isdigit() or int(value) < 8 or int(value) % 8:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive multiple of 8 or 'auto'")
+    return int(value)
+
+
 def _generate(args: argparse.Namespace) -> None:
+    from .latents import image_size
     from .lora import load_pipeline
     from .sampling import sample_image, use_cuda_graphs
 
     if args.steps < 1:
         raise UserError("--steps must be >= 1")
+    height, width = image_size(args.height, args.width, args.latents)
     device = resolve_device(args.device, "--device")
     pipe = load_pipeline(args.base, None if args.no_lora else args.lora, device,
                          inference_dtype(args.precision, device, "--precision"))
@@ -75,7 +87,7 @@ def _generate(args: argparse.Namespace) -> None:
         use_cuda_graphs(pipe.unet)
     pipe.set_progress_bar_config(disable=False, desc="denoise", leave=False)
     image = sample_image(pipe, args.prompt, args.negative, args.steps, args.guidance, args.seed,
-                         args.height, args.width)
+                         height, width)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out)
     log.info("wrote %s (%dx%d, %d steps, guidance %g, seed %d, %s)", args.out, image.width, image.height,

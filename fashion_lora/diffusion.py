@@ -79,47 +79,56 @@ class FixedEval:
     """A fixed evaluation plan: which latent, which noise, which timestep, per evaluation."""
 
     item: torch.Tensor  # [K] int64 index into the val latents
-    noise: torch.Tensor  # [K, C, H, W]
+    noise: list[torch.Tensor]  # K tensors, each the shape of its item's latent
     timesteps: torch.Tensor  # [K] int64, stratified over [0, T)
 
 
-def fixed_eval(n_items: int, shape: tuple[int, ...], repeats: int, num_timesteps: int, seed: int,
+def fixed_eval(shapes: list[tuple[int, ...]], repeats: int, num_timesteps: int, seed: int,
                bias: float = 1.0) -> FixedEval:
-    """Seeded plan: each latent `repeats` times; timesteps stratified so every band of [0, T) is hit
-    (bias 1), or stratified under the training distribution of `biased_timesteps`.
+    """Seeded plan over latents of `shapes` (one per item; buckets may differ): each latent
+    `repeats` times; timesteps stratified so every band of [0, T) is hit (bias 1), or stratified
+    under the training distribution of `biased_timesteps`.
 
-    The same seed gives the same plan on any machine, so val losses compare across runs.
+    The timesteps depend only on the number of items, and evaluation k's noise only on (seed, k)
+    and its latent's shape, so the same seed gives the same plan on any machine and val losses
+    compare across runs and across bucket settings.
     """
     gen = torch.Generator().manual_seed(seed)
+    n_items = len(shapes)
     k = n_items * repeats
     item = torch.arange(n_items).repeat(repeats)
     strata = torch.randperm(k, generator=gen)
     u = torch.rand(k, generator=gen)
     timesteps = biased_timesteps((strata.float() + u) / k, num_timesteps, bias)
-    noise = torch.randn((k, *shape), generator=gen)
+    noise = [torch.randn(shapes[int(i)], generator=gen.manual_seed(seed * 1_000_003 + j + 1))
+             for j, i in enumerate(item)]
     return FixedEval(item, noise, timesteps)
 
 
 @torch.no_grad()
-def eval_losses(unet, scheduler, latents: torch.Tensor, encoder_hidden_states: torch.Tensor, plan: FixedEval,
+def eval_losses(unet, scheduler, latents, encoder_hidden_states: torch.Tensor, plan: FixedEval,
                 batch_size: int, desc: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-evaluation (MSE, MAE) for the fixed plan; `encoder_hidden_states[i]` is latent i's text
-    embedding. `desc` shows a progress bar under that name."""
+    """Per-evaluation (MSE, MAE) for the fixed plan, in plan order; `latents[i]` is val latent i
+    ([C, h, w]; a list when buckets differ) and `encoder_hidden_states[i]` its text embedding.
+    Evaluations are batched by latent shape. `desc` shows a progress bar under that name."""
     from tqdm import tqdm
 
     device = next(unet.parameters()).device
     dtype = next(unet.parameters()).dtype
-    mses, maes = [], []
-    starts = range(0, len(plan.item), batch_size)
-    for s in tqdm(starts, desc=desc, unit="batch", leave=False, mininterval=1.0, disable=desc is None):
-        idx = plan.item[s:s + batch_size]
-        lat = latents[idx].to(device, dtype)
-        mse, mae = per_sample_losses(unet, scheduler, lat, plan.noise[s:s + batch_size].to(device, dtype),
-                                     plan.timesteps[s:s + batch_size].to(device),
-                                     encoder_hidden_states[idx].to(device, dtype))
-        mses.append(mse.cpu())
-        maes.append(mae.cpu())
-    return torch.cat(mses), torch.cat(maes)
+    by_shape: dict[tuple, list[int]] = {}
+    for j, i in enumerate(plan.item.tolist()):
+        by_shape.setdefault(tuple(latents[i].shape), []).append(j)
+    batches = [js[s:s + batch_size] for shape in sorted(by_shape) for js in [by_shape[shape]]
+               for s in range(0, len(js), batch_size)]
+    mse, mae = torch.empty(len(plan.item)), torch.empty(len(plan.item))
+    for js in tqdm(batches, desc=desc, unit="batch", leave=False, mininterval=1.0, disable=desc is None):
+        idx = plan.item[js]
+        lat = torch.stack([latents[i] for i in idx.tolist()]).to(device, dtype)
+        noise = torch.stack([plan.noise[j] for j in js]).to(device, dtype)
+        b_mse, b_mae = per_sample_losses(unet, scheduler, lat, noise, plan.timesteps[js].to(device),
+                                         encoder_hidden_states[idx].to(device, dtype))
+        mse[js], mae[js] = b_mse.float().cpu(), b_mae.float().cpu()
+    return mse, mae
 
 
 def summarize(mse: torch.Tensor, mae: torch.Tensor) -> dict[str, float]:

@@ -23,20 +23,36 @@ log = logging.getLogger(__name__)
 # Prompt for the attribute metric: the upper garment's colour is the attribute under test.
 ATTRIBUTE_PROMPT = ("The lady wears a short-sleeve {color} shirt with solid color patterns. "
                     "She wears long grey trousers with solid color patterns.")
-# Torso region of a square centre crop of the synthetic portraits (fractions of width/height).
-TORSO = (0.38, 0.16, 0.62, 0.45)
+# Torso region of a whole synthetic figure (fractions of width/height of its portrait, whose
+# aspect is FIGURE_ASPECT): the shirt spans 22-55% of the height, within 0.5 +- 0.2 of the width.
+TORSO = (0.38, 0.27, 0.62, 0.47)
+FIGURE_ASPECT = 0.68
 
 
-def val_losses(pipe, latents: torch.Tensor, captions: list[str], repeats: int, bands: int, batch_size: int,
+def torso_box(width: int, height: int) -> tuple[float, float, float, float]:
+    """TORSO in an image of `width` x `height` drawn like the training crops: the figure scaled
+    to cover it and centred, so a wider image (a square) shows a vertical slice of the figure
+    and a narrower one a horizontal slice."""
+    aspect = width / height
+    x0, y0, x1, y1 = TORSO
+    if aspect >= FIGURE_ASPECT:
+        k = aspect / FIGURE_ASPECT  # the image shows 1/k of the figure's height
+        return x0, 0.5 + (y0 - 0.5) * k, x1, 0.5 + (y1 - 0.5) * k
+    k = FIGURE_ASPECT / aspect  # 1/k of its width
+    return 0.5 + (x0 - 0.5) * k, y0, 0.5 + (x1 - 0.5) * k, y1
+
+
+def val_losses(pipe, latents: list[torch.Tensor], captions: list[str], repeats: int, bands: int, batch_size: int,
                seed: int) -> tuple[dict, list[dict]]:
-    """Base and LoRA on the same val latents, noise and timesteps. Returns metrics and band rows."""
+    """Base and LoRA on the same val latents (one per item, buckets may differ), noise and
+    timesteps. Returns metrics and band rows."""
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     T = scheduler.config.num_train_timesteps
     ids, _ = diffusion.tokenize(pipe.tokenizer, captions)
     encoder_hidden_states = diffusion.encode_text(pipe.text_encoder, ids).float().cpu()
-    plan = diffusion.fixed_eval(len(latents), tuple(latents.shape[1:]), repeats, T, seed)
+    plan = diffusion.fixed_eval([tuple(v.shape) for v in latents], repeats, T, seed)
     results = {}
     for name, enabled in (("base", False), ("lora", True)):
         with lora_enabled(pipe, enabled):
@@ -57,9 +73,10 @@ def val_losses(pipe, latents: torch.Tensor, captions: list[str], repeats: int, b
     return metrics, band_rows
 
 
-def dominant_color(img: Image.Image, box: tuple[float, float, float, float] = TORSO) -> str:
-    """Name of the palette colour nearest to the median colour of the garment region."""
+def dominant_color(img: Image.Image) -> str:
+    """Name of the palette colour nearest to the median colour of the torso (`torso_box`)."""
     w, h = img.size
+    box = torso_box(w, h)
     region = np.asarray(img.convert("RGB").crop((int(box[0] * w), int(box[1] * h), int(box[2] * w),
                                                  int(box[3] * h))), dtype=np.float32)
     median = np.median(region.reshape(-1, 3), axis=0)
@@ -125,7 +142,7 @@ def attribute_sheet(images: dict[str, list[Image.Image]], n_colors: int, seed: i
                 found = dominant_color(img)
                 cells.append((f"{label} s{seed + k}", img, found, found == color))
         rows.append((f"prompt: {color} shirt", cells))
-    return grid(rows, cell=96)
+    return grid(rows, cell=96)  # cells keep the images' aspect
 
 
 def attribute_prompts(n_colors: int, n_seeds: int) -> list[str]:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from .buckets import Bucket, cover_box, nearest_bucket
 from .params import PrecomputeParams
 
 if TYPE_CHECKING:
@@ -113,21 +114,21 @@ def enhance(img: Image.Image, sharpness_f: float, contrast_f: float, color_f: fl
     return img
 
 
-def resize_crop(img: Image.Image, size: int, crop: str) -> tuple[Image.Image, tuple[int, int, int, int]]:
-    """Scale so the shorter side is `size` (no squashing), then crop a `size` square.
+def resize_crop(img: Image.Image, bucket: tuple[int, int], crop: str) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """Scale `img` to cover `bucket` (width, height) without squashing, then crop it to the bucket.
 
-    Returns the square and the crop box in original-image pixels (left, top, right, bottom).
+    Returns the crop and its box in original-image pixels (left, top, right, bottom).
     `center` keeps the middle; `top` keeps the top (heads) of tall portraits.
     """
-    w, h = img.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    resized = img.resize((nw, nh), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    left = (nw - size) // 2
-    top = 0 if crop == "top" else (nh - size) // 2
-    box = (left, top, left + size, top + size)
+    scale, size, box = cover_box(img.width, img.height, bucket, crop)  # type: ignore[arg-type]
+    resized = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     orig = tuple(int(round(v / scale)) for v in box)
     return resized.crop(box), orig  # type: ignore[return-value]
+
+
+def area_kept(box: tuple[int, int, int, int], size: tuple[int, int]) -> float:
+    """Fraction of the original image's area inside the crop `box` (original pixels)."""
+    return min(1.0, (box[2] - box[0]) * (box[3] - box[1]) / (size[0] * size[1]))
 
 
 def to_vae_input(pixels: list[np.ndarray]) -> torch.Tensor:
@@ -142,13 +143,15 @@ def to_vae_input(pixels: list[np.ndarray]) -> torch.Tensor:
 class Prepared:
     row: int
     reason: Optional[str]
-    pixels: Optional[np.ndarray] = None  # uint8 [r, r, 3]
+    pixels: Optional[np.ndarray] = None  # uint8 [h, w, 3] of the bucket
     crop: Optional[tuple[int, int, int, int]] = None
     orig_size: Optional[tuple[int, int]] = None
+    bucket: Optional[Bucket] = None  # (width, height)
 
 
-def prepare(row: int, path: str, pre: PrecomputeParams) -> Prepared:
-    """Load one image, apply quality checks, enhancement and the aspect-preserving crop."""
+def prepare(row: int, path: str, pre: PrecomputeParams, buckets: list[Bucket]) -> Prepared:
+    """Load one image, apply quality checks and enhancement, and crop it to the bucket of
+    nearest aspect (resized to cover it, never squashed)."""
     try:
         img = load_rgb(Path(path))
     except (OSError, ValueError):
@@ -157,5 +160,6 @@ def prepare(row: int, path: str, pre: PrecomputeParams) -> Prepared:
     if reason:
         return Prepared(row, reason)
     img = enhance(img, pre.enhance.sharpness, pre.enhance.contrast, pre.enhance.color)
-    square, box = resize_crop(img, pre.resolution, pre.crop)
-    return Prepared(row, None, np.asarray(square, dtype=np.uint8), box, img.size)
+    bucket = nearest_bucket(img.width, img.height, buckets)
+    pixels, box = resize_crop(img, bucket, pre.crop)
+    return Prepared(row, None, np.asarray(pixels, dtype=np.uint8), box, img.size, bucket)

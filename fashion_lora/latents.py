@@ -1,10 +1,12 @@
 """Latents: batched VAE encoding and sharded `.pt` files with an index.
 
 On disk (`data/latents/`):
-- `shard_00000.pt` ... : `{"latents": Tensor[n, 4, r/8, r/8], "items": Tensor[n] (int64 index ids)}`,
-  tensors only, so they load with `torch.load(weights_only=True)`;
-- `index.json`: `meta` (resolution, dtype, scaling factor) and one entry per latent
-  (`shard`, `offset`, `image_name`, `caption`, `split`, `crop` box in original pixels, `orig_size`).
+- `shard_00000.pt` ... : `{"latents": Tensor[n, 4, h/8, w/8], "items": Tensor[n] (int64 index ids)}`,
+  tensors only, so they load with `torch.load(weights_only=True)`; one bucket (latent shape)
+  per shard;
+- `index.json`: `meta` (resolution, dtype, scaling factor, buckets and their counts, the most
+  common train bucket) and one entry per latent (`shard`, `offset`, `image_name`, `caption`,
+  `split`, `bucket` [width, height], `crop` box in original pixels, `orig_size`).
 A few shards instead of thousands of tiny files keep DVC fast.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -36,35 +39,37 @@ def encode(vae, x: torch.Tensor) -> torch.Tensor:
 
 
 class ShardWriter:
-    """Buffers latents and writes fixed-size shards atomically (bounded memory)."""
+    """Buffers latents per shape (bucket) and writes fixed-size single-shape shards atomically
+    (bounded memory: at most `shard_size` latents per bucket)."""
 
     def __init__(self, out_dir: Path, shard_size: int, dtype: torch.dtype):
         self.out_dir, self.shard_size, self.dtype = out_dir, shard_size, dtype
-        self.buf: list[torch.Tensor] = []
-        self.ids: list[int] = []
+        self.bufs: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
         self.items: list[dict] = []
         self.shards: list[dict] = []
 
     def add(self, latent: torch.Tensor, item: dict) -> None:
-        item = {"shard": len(self.shards), "offset": len(self.buf), **item}
-        self.buf.append(latent)
-        self.ids.append(len(self.items))
-        self.items.append(item)
-        if len(self.buf) == self.shard_size:
-            self.flush()
+        buf = self.bufs.setdefault(tuple(latent.shape), [])
+        buf.append((len(self.items), latent))
+        self.items.append(dict(item))
+        if len(buf) == self.shard_size:
+            self.flush(tuple(latent.shape))
 
-    def flush(self) -> None:
-        if not self.buf:
+    def flush(self, shape: tuple) -> None:
+        buf = self.bufs.pop(shape, [])
+        if not buf:
             return
         name = f"shard_{len(self.shards):05d}.pt"
-        data = {"latents": torch.stack(self.buf).to(self.dtype).contiguous(),
-                "items": torch.tensor(self.ids, dtype=torch.int64)}
+        for offset, (i, _) in enumerate(buf):  # where an item lives is known once its shard is written
+            self.items[i] = {"shard": len(self.shards), "offset": offset, **self.items[i]}
+        data = {"latents": torch.stack([lat for _, lat in buf]).to(self.dtype).contiguous(),
+                "items": torch.tensor([i for i, _ in buf], dtype=torch.int64)}
         atomic_torch_save(data, self.out_dir / name)
-        self.shards.append({"file": name, "count": len(self.buf)})
-        self.buf, self.ids = [], []
+        self.shards.append({"file": name, "count": len(buf)})
 
     def close(self, meta: dict) -> dict:
-        self.flush()
+        for shape in sorted(self.bufs):
+            self.flush(shape)
         index = {"meta": meta, "shards": self.shards, "items": self.items}
         (self.out_dir / INDEX).write_text(json.dumps(index, indent=1, ensure_ascii=False))
         return index
@@ -95,28 +100,86 @@ def load_shard(path: Path) -> dict:
     return data
 
 
-def load_latents(latent_dir: Path, split: Optional[str] = None) -> tuple[torch.Tensor, list[dict]]:
-    """All latents (float32) of `split` (or all) with their index entries, verified shard by shard."""
+@dataclass
+class LatentGroups:
+    """The latents of a split grouped by shape (bucket), groups sorted by shape: a batch is
+    drawn from one group. `items` are the index entries group after group, so global item `i`
+    is row `i - offsets[g]` of group `g`."""
+
+    tensors: list[torch.Tensor]  # [n_g, C, h_g, w_g] each
+    items: list[dict]
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(t) for t in self.tensors]
+
+    @property
+    def offsets(self) -> list[int]:
+        return [sum(self.sizes[:g]) for g in range(len(self.tensors))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    def per_item(self) -> list[torch.Tensor]:
+        """One [C, h, w] view per item, in `items` order."""
+        return [row for t in self.tensors for row in t]
+
+    def to(self, device) -> "LatentGroups":
+        return LatentGroups([t.to(device) for t in self.tensors], self.items)
+
+
+def load_latents(latent_dir: Path, split: Optional[str] = None) -> LatentGroups:
+    """All latents (float32) of `split` (or all) with their index entries, grouped by shape,
+    verified shard by shard."""
     index = read_index(latent_dir)
     items = index["items"]
-    wanted = [i for i, it in enumerate(items) if split is None or it["split"] == split]
-    wanted_set = set(wanted)
-    parts: list[torch.Tensor] = []
-    order: list[int] = []
+    wanted_set = {i for i, it in enumerate(items) if split is None or it["split"] == split}
+    parts: dict[tuple, list[torch.Tensor]] = {}
+    order: dict[tuple, list[int]] = {}
     for s_no, shard in enumerate(index["shards"]):
         data = load_shard(latent_dir / shard["file"])
         lat, ids = data["latents"], data["items"].tolist()
         expect = [i for i, it in enumerate(items) if it["shard"] == s_no]
-        if len(ids) != shard["count"] or ids != expect or lat.shape[0] != len(ids):
+        if len(ids) != shard["count"] or sorted(ids) != expect or lat.shape[0] != len(ids):
             raise LatentsError(f"{latent_dir / shard['file']}: does not match {INDEX} "
                                f"({len(ids)} latents, index expects {shard['count']})")
         take = [k for k, i in enumerate(ids) if i in wanted_set]
         if take:
-            parts.append(lat[take].float())
-            order.extend(ids[k] for k in take)
-    if not parts:
-        return torch.empty(0), []
-    return torch.cat(parts), [items[i] for i in order]
+            shape = tuple(lat.shape[1:])
+            parts.setdefault(shape, []).append(lat[take].float())
+            order.setdefault(shape, []).extend(ids[k] for k in take)
+    shapes = sorted(parts)
+    return LatentGroups([torch.cat(parts[s]) for s in shapes], [items[i] for s in shapes for i in order[s]])
+
+
+def bucket_counts(items: list[dict]) -> dict[str, dict[str, int]]:
+    """{"WxH": {"train": n, "val": m}} over index entries, buckets sorted by size."""
+    out: dict[str, dict[str, int]] = {}
+    for it in sorted(items, key=lambda it: tuple(it["bucket"])):
+        row = out.setdefault(f"{it['bucket'][0]}x{it['bucket'][1]}", {"train": 0, "val": 0})
+        row[it["split"]] = row.get(it["split"], 0) + 1
+    return out
+
+
+def image_size(height: int | str, width: int | str, latent_dir: Path) -> tuple[int, int]:
+    """(height, width) to generate at: the numbers given, `auto` = the most common train bucket
+    recorded in the latent index."""
+    if height != "auto" and width != "auto":
+        return int(height), int(width)
+    hint = "or give the size (generate.height/width; --height/--width on the CLI)"
+    try:
+        meta = read_index(latent_dir)["meta"]
+    except LatentsError as e:
+        raise LatentsError(f"height/width auto: {e}, {hint}") from None
+    if "train_bucket" not in meta:
+        raise LatentsError(f"height/width auto: {latent_dir / INDEX} has no train bucket (made by an older "
+                           f"precompute); rerun `dvc repro precompute`, {hint}")
+    w, h = meta["train_bucket"]
+    return (h if height == "auto" else int(height)), (w if width == "auto" else int(width))
 
 
 def iter_chunks(seq: list, size: int) -> Iterable[list]:

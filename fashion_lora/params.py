@@ -179,7 +179,9 @@ class Enhance:
 
 @dataclass(frozen=True)
 class PrecomputeParams:
-    resolution: int = limits(**MULTIPLE_OF_8)  # square training size in pixels
+    resolution: int = limits(**MULTIPLE_OF_8)  # training size in pixels: the square's side, the buckets' scale
+    shape: Literal["buckets", "square"]  # buckets: each image at the bucket of its aspect; square: one square crop
+    bucket_size: Literal["short_side", "area"]  # short_side: shorter side = resolution; area: ~resolution^2 pixels
     crop: Literal["center", "top"]  # where to crop after the aspect-preserving resize
     batch_size: int = limits(ge=1)  # VAE encode batch
     device: Device
@@ -326,8 +328,8 @@ class GenerateParams:
                               message="must be a non-empty list of positive step counts")
     guidance_scale: float = limits(ge=0)
     seed: int
-    height: Optional[int] = limits(**MULTIPLE_OF_8)  # null = precompute.resolution
-    width: Optional[int] = limits(**MULTIPLE_OF_8)
+    height: int | Literal["auto"] = limits(**MULTIPLE_OF_8)  # auto = the most common train bucket
+    width: int | Literal["auto"] = limits(**MULTIPLE_OF_8)
 
 
 @dataclass(frozen=True)
@@ -343,12 +345,6 @@ class Params:
     train: TrainParams
     evaluate: EvaluateParams
     generate: GenerateParams
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """(height, width) of generated images: `generate.*`, or the training resolution when null."""
-        gen, res = self.generate, self.precompute.resolution
-        return (gen.height if gen.height is not None else res, gen.width if gen.width is not None else res)
 
 
 # ----------------------------------------------------------------------------- loading

@@ -1,5 +1,6 @@
-"""The precompute stage's work: prepare every CSV row (quality checks, enhancement, crop) in a
-process pool, VAE-encode the good ones in batches and write them as latent shards."""
+"""The precompute stage's work: prepare every CSV row (quality checks, enhancement, crop to its
+bucket) in worker threads, VAE-encode the good ones in single-bucket batches and write them as
+latent shards."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import torch
 from tqdm import tqdm
 
 from .base import vae_scale_factor
-from .images import prepare, to_vae_input
-from .latents import ShardWriter, encode, iter_chunks
+from .buckets import Bucket, bucket_name
+from .images import area_kept, prepare, to_vae_input
+from .latents import ShardWriter, bucket_counts, encode, iter_chunks
 from .params import PrecomputeParams, to_dict
 from .utils import UserError, atomic_dir, worker_count
 
@@ -24,11 +26,12 @@ log = logging.getLogger(__name__)
 DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
-def _prepare_row(args: tuple[int, str], pre: PrecomputeParams):
-    return prepare(args[0], args[1], pre)
+def _prepare_row(args: tuple[int, str], pre: PrecomputeParams, buckets: list[Bucket]):
+    return prepare(args[0], args[1], pre, buckets)
 
 
-def encode_dataset(df: pd.DataFrame, vae, pre: PrecomputeParams, out_dir: Path) -> tuple[dict, Counter, float]:
+def encode_dataset(df: pd.DataFrame, vae, pre: PrecomputeParams, out_dir: Path,
+                   buckets: list[Bucket]) -> tuple[dict, Counter, float]:
     """Write `out_dir` (shards + index) atomically from the CSV rows `df`.
 
     Returns the index, the drop counts by reason and the seconds it took. Worker threads
@@ -38,7 +41,7 @@ def encode_dataset(df: pd.DataFrame, vae, pre: PrecomputeParams, out_dir: Path) 
     """
     drops: Counter = Counter()
     t0 = time.perf_counter()
-    work = functools.partial(_prepare_row, pre=pre)
+    work = functools.partial(_prepare_row, pre=pre, buckets=buckets)
     rows = list(enumerate(df.image_path))
     window = pre.batch_size * 8
     workers = worker_count(pre.workers)
@@ -48,21 +51,29 @@ def encode_dataset(df: pd.DataFrame, vae, pre: PrecomputeParams, out_dir: Path) 
                                               mininterval=1.0) as bar:
             writer = ShardWriter(tmp, pre.shard_size, DTYPES[pre.dtype])
             for chunk, prepared in _prepared_windows(rows, window, work, pool):
-                good = [x for x in prepared if x.reason is None]
                 drops.update(x.reason for x in prepared if x.reason)
-                for batch in iter_chunks(good, pre.batch_size):
-                    latents = encode(vae, to_vae_input([x.pixels for x in batch]))
-                    for x, latent in zip(batch, latents):
-                        r = df.iloc[x.row]
-                        writer.add(latent, {"image_name": r.image_name, "caption": r.caption, "split": r.split,
-                                            "crop": list(x.crop), "orig_size": list(x.orig_size)})
+                by_bucket: dict[Bucket, list] = {}
+                for x in prepared:
+                    if x.reason is None:
+                        by_bucket.setdefault(x.bucket, []).append(x)
+                for bucket in sorted(by_bucket):  # a VAE batch holds one size
+                    for batch in iter_chunks(by_bucket[bucket], pre.batch_size):
+                        latents = encode(vae, to_vae_input([x.pixels for x in batch]))
+                        for x, latent in zip(batch, latents):
+                            r = df.iloc[x.row]
+                            writer.add(latent, {"image_name": r.image_name, "caption": r.caption, "split": r.split,
+                                                "bucket": list(x.bucket), "crop": list(x.crop),
+                                                "orig_size": list(x.orig_size)})
                 bar.update(len(chunk))
             if not writer.items:
                 raise UserError(f"precompute: every one of {len(rows)} rows was dropped ({dict(drops)}); "
                                 "check the precompute.min_* thresholds")
-            index = writer.close({"resolution": pre.resolution, "latent_size": pre.resolution // vae_scale_factor(vae),
-                                  "dtype": pre.dtype, "scaling_factor": vae.config.scaling_factor,
-                                  "crop": pre.crop})
+            counts = Counter(tuple(it["bucket"]) for it in writer.items if it["split"] == "train")
+            top = max(sorted(counts), key=counts.__getitem__) if counts else tuple(writer.items[0]["bucket"])
+            index = writer.close({"resolution": pre.resolution, "shape": pre.shape, "bucket_size": pre.bucket_size,
+                                  "buckets": [list(b) for b in buckets], "train_bucket": list(top),
+                                  "vae_scale_factor": vae_scale_factor(vae), "dtype": pre.dtype,
+                                  "scaling_factor": vae.config.scaling_factor, "crop": pre.crop})
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -90,9 +101,14 @@ def _prepared_windows(rows: list, window: int, work, pool):
 def precompute_report(index: dict, rows: int, drops: Counter, seconds: float, out_dir: Path,
                       device: torch.device, pre: PrecomputeParams) -> dict:
     """What reports/precompute.json records."""
-    splits = Counter(it["split"] for it in index["items"])
-    return {"rows": rows, "encoded": len(index["items"]), "train": splits["train"], "val": splits["val"],
-            "dropped": dict(drops), "shards": len(index["shards"]),
+    items = index["items"]
+    splits = Counter(it["split"] for it in items)
+    kept = [area_kept(tuple(it["crop"]), tuple(it["orig_size"])) for it in items]  # type: ignore[arg-type]
+    return {"rows": rows, "encoded": len(items), "train": splits["train"], "val": splits["val"],
+            "dropped": dict(drops), "buckets": bucket_counts(items),
+            "train_bucket": bucket_name(tuple(index["meta"]["train_bucket"])),  # type: ignore[arg-type]
+            "area_kept": {"mean": round(sum(kept) / len(kept), 4), "min": round(min(kept), 4)},
+            "shards": len(index["shards"]),
             "shard_bytes": sum((out_dir / s["file"]).stat().st_size for s in index["shards"]),
             "images_per_second": round(rows / seconds, 1), "seconds": round(seconds, 2),
             "device": str(device), "params": to_dict(pre)}

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import diffusion
-from .base import base_info, build_tiny
+from .base import base_info, build_tiny, model_step
+from .buckets import Bucket, buckets_for, nearest_bucket
 from .images import resize_crop, to_vae_input
 from .lr_schedule import lr_factor
-from .params import PretrainParams
+from .params import PrecomputeParams, PretrainParams
 from .synthetic import COLORS, VIEWS, caption_for, random_garments, render
 
 log = logging.getLogger(__name__)
@@ -38,18 +39,34 @@ def withhold(caption: str, neutral_word: str) -> str:
     return COLOR_WORDS.sub(neutral_word, caption)
 
 
-def corpus(count: int, seed: int, resolution: int) -> tuple[torch.Tensor, list[str]]:
-    """`count` synthetic images as float [-1, 1] NCHW at `resolution` (centre crop, as precompute
-    does) and their full captions. Same size distribution as the download stage's images."""
+def corpus(count: int, seed: int, buckets: list[Bucket]) -> tuple[list[np.ndarray], list[str]]:
+    """`count` synthetic images (uint8 HWC), each cropped to its nearest bucket as precompute
+    does, and their full captions. Same size distribution as the download stage's images."""
     rng = random.Random(seed)
     pixels, captions = [], []
     for _ in tqdm(range(count), desc="pretrain data", unit="img", mininterval=2):
         g = random_garments(rng)
         width = rng.randint(256, 320)
         img = render(g, (width, round(width * 1.47)), rng.choice(VIEWS), rng)
-        pixels.append(np.asarray(resize_crop(img, resolution, "center")[0]))
+        pixels.append(np.asarray(resize_crop(img, nearest_bucket(*img.size, buckets), "center")[0]))
         captions.append(caption_for(g))
-    return to_vae_input(pixels), captions
+    return pixels, captions
+
+
+def by_shape(pixels: list[np.ndarray]) -> tuple[list[torch.Tensor], list[int]]:
+    """Images grouped by size as float [-1, 1] NCHW tensors (groups sorted by size), and the
+    image order of the groups (to put captions beside them)."""
+    order = sorted(range(len(pixels)), key=lambda i: pixels[i].shape)
+    groups: dict[tuple, list[int]] = {}
+    for i in order:
+        groups.setdefault(pixels[i].shape, []).append(i)
+    return [to_vae_input([pixels[i] for i in ids]) for ids in groups.values()], order
+
+
+def draw(groups: list[torch.Tensor], batch_size: int, gen: torch.Generator) -> tuple[int, torch.Tensor]:
+    """A random batch from one group, the group drawn in proportion to its size: (group, rows)."""
+    g = int(torch.multinomial(torch.tensor([float(len(t)) for t in groups]), 1, generator=gen)) if len(groups) > 1 else 0
+    return g, torch.randint(0, len(groups[g]), (batch_size,), generator=gen)
 
 
 def _cosine(opt: torch.optim.Optimizer, steps: int, warmup: int = 50) -> torch.optim.lr_scheduler.LambdaLR:
@@ -59,18 +76,20 @@ def _cosine(opt: torch.optim.Optimizer, steps: int, warmup: int = 50) -> torch.o
 
 
 @torch.no_grad()
-def psnr(vae, x: torch.Tensor, batch_size: int = 64) -> float:
-    """PSNR (dB, images in [0, 1]) of decode(encode mean) against `x`."""
+def psnr(vae, groups: list[torch.Tensor], batch_size: int = 64) -> float:
+    """PSNR (dB, images in [0, 1]) of decode(encode mean) against the images of `groups`."""
     vae.eval()
-    se = 0.0
-    for s in range(0, len(x), batch_size):
-        xb = x[s:s + batch_size]
-        rec = vae.decode(vae.encode(xb).latent_dist.mean).sample.clamp(-1, 1)
-        se += float(((rec - xb) / 2).pow(2).sum())
-    return 10 * math.log10(1.0 / (se / x.numel()))
+    se, n = 0.0, 0
+    for x in groups:
+        for s in range(0, len(x), batch_size):
+            xb = x[s:s + batch_size]
+            rec = vae.decode(vae.encode(xb).latent_dist.mean).sample.clamp(-1, 1)
+            se += float(((rec - xb) / 2).pow(2).sum())
+        n += x.numel()
+    return 10 * math.log10(1.0 / (se / n))
 
 
-def train_vae(vae, x: torch.Tensor, pretrain: PretrainParams, seed: int) -> float:
+def train_vae(vae, groups: list[torch.Tensor], pretrain: PretrainParams, seed: int) -> float:
     """Autoencoder training; returns the last loss.
 
     The decoder sees the posterior mean, not a sample: with a freshly initialised log-variance
@@ -84,7 +103,8 @@ def train_vae(vae, x: torch.Tensor, pretrain: PretrainParams, seed: int) -> floa
     loss = torch.tensor(0.0)
     bar = tqdm(range(pretrain.vae_steps), desc="pretrain vae", unit="step", mininterval=2)
     for _ in bar:
-        xb = x[torch.randint(0, len(x), (pretrain.vae_batch_size,), generator=gen)]
+        g, idx = draw(groups, pretrain.vae_batch_size, gen)
+        xb = groups[g][idx]
         dist = vae.encode(xb).latent_dist
         rec = vae.decode(dist.mean).sample
         kl = dist.kl().mean() / dist.mean[0].numel()  # per latent element, like the MSE per pixel
@@ -99,19 +119,21 @@ def train_vae(vae, x: torch.Tensor, pretrain: PretrainParams, seed: int) -> floa
 
 
 @torch.no_grad()
-def encode_scaled(vae, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    """Posterior means, rescaled to unit std; the factor is stored in the VAE config
-    (`scaling_factor`), where every SD pipeline reads it."""
-    lat = torch.cat([vae.encode(x[s:s + batch_size]).latent_dist.mean for s in range(0, len(x), batch_size)])
-    factor = float(1.0 / lat.std())
+def encode_scaled(vae, groups: list[torch.Tensor], batch_size: int = 128) -> list[torch.Tensor]:
+    """Posterior means per group, rescaled to unit std over all of them; the factor is stored in
+    the VAE config (`scaling_factor`), where every SD pipeline reads it."""
+    lats = [torch.cat([vae.encode(x[s:s + batch_size]).latent_dist.mean for s in range(0, len(x), batch_size)])
+            for x in groups]
+    factor = float(1.0 / torch.cat([lat.flatten() for lat in lats]).std())
     vae.register_to_config(scaling_factor=factor)
-    return lat * factor
+    return [lat * factor for lat in lats]
 
 
-def train_unet(unet, text_encoder, tokenizer, noise_scheduler, latents: torch.Tensor, captions: list[str],
+def train_unet(unet, text_encoder, tokenizer, noise_scheduler, latents: list[torch.Tensor], captions: list[str],
                pretrain: PretrainParams, seed: int) -> float:
     """Full text-conditioned denoiser training (all UNet weights); returns the mean loss of the
-    last 10% of steps. Frozen text-encoder outputs are computed once per caption."""
+    last 10% of steps. `captions` are in group order (group 0's images first). Frozen
+    text-encoder outputs are computed once per caption."""
     ids, _ = diffusion.tokenize(tokenizer, captions + [""])
     with torch.no_grad():
         embeddings = diffusion.encode_text(text_encoder, ids)
@@ -124,8 +146,8 @@ def train_unet(unet, text_encoder, tokenizer, noise_scheduler, latents: torch.Te
     tail: list[float] = []
     bar = tqdm(range(pretrain.unet_steps), desc="pretrain unet", unit="step", mininterval=2)
     for step in bar:
-        idx = torch.randint(0, len(latents), (pretrain.unet_batch_size,), generator=gen)
-        z, e = latents[idx], embeddings[idx].clone()
+        g, idx = draw(latents, pretrain.unet_batch_size, gen)
+        z, e = latents[g][idx], embeddings[idx + sum(len(t) for t in latents[:g])].clone()
         e[torch.rand(len(idx), generator=gen) < pretrain.caption_dropout] = empty
         flip = torch.rand(len(idx), generator=gen) < 0.5  # the figures are left/right symmetric
         z = torch.where(flip[:, None, None, None], z.flip(-1), z)
@@ -144,13 +166,15 @@ def train_unet(unet, text_encoder, tokenizer, noise_scheduler, latents: torch.Te
     return float(np.mean(tail)) if tail else float("nan")
 
 
-def pretrain_tiny(pipe, pretrain: PretrainParams, seed: int, resolution: int = 64) -> dict:
-    """Pretrain the tiny pipeline's VAE and UNet in place; returns the report."""
+def pretrain_tiny(pipe, pretrain: PretrainParams, seed: int, buckets: list[Bucket]) -> dict:
+    """Pretrain the tiny pipeline's VAE and UNet in place on images cropped to `buckets` (those
+    the fine-tuning data gets); returns the report."""
     from diffusers import DDPMScheduler
 
-    x, captions = corpus(pretrain.images, seed + pretrain.seed_offset, resolution)
-    train_x, held_x = x[:-pretrain.holdout], x[-pretrain.holdout:]
-    base_captions = [withhold(c, pretrain.neutral_word) for c in captions[:-pretrain.holdout]]
+    pixels, captions = corpus(pretrain.images, seed + pretrain.seed_offset, buckets)
+    train_x, order = by_shape(pixels[:-pretrain.holdout])
+    held_x, _ = by_shape(pixels[-pretrain.holdout:])
+    base_captions = [withhold(captions[i], pretrain.neutral_word) for i in order]
     psnr_before = psnr(pipe.vae, held_x)
     vae_loss = train_vae(pipe.vae, train_x, pretrain, seed)
     psnr_after = psnr(pipe.vae, held_x)
@@ -160,15 +184,17 @@ def pretrain_tiny(pipe, pretrain: PretrainParams, seed: int, resolution: int = 6
     unet_loss = train_unet(pipe.unet, pipe.text_encoder, pipe.tokenizer, noise_scheduler, latents, base_captions,
                            pretrain, seed)
     log.info("UNet: final training loss %.4f (%s)", unet_loss, noise_scheduler.config.prediction_type)
-    return {"pretrain_images": len(train_x), "holdout_images": pretrain.holdout,
+    return {"pretrain_images": len(order), "holdout_images": pretrain.holdout,
+            "buckets": {f"{t.shape[-1]}x{t.shape[-2]}": len(t) for t in train_x},
             "vae_psnr_db": round(psnr_after, 3), "vae_psnr_random_init_db": round(psnr_before, 3),
             "vae_final_loss": round(vae_loss, 5), "latent_scaling_factor": round(pipe.vae.config.scaling_factor, 6),
             "unet_final_loss": round(unet_loss, 5), "prediction_type": noise_scheduler.config.prediction_type,
             "withheld": "colour words -> " + pretrain.neutral_word}
 
 
-def provision_tiny(seed: int, out_dir: Path, pretrain: PretrainParams, resolution: int) -> dict:
-    """Build the tiny pipeline from `seed`, pretrain it at the fine-tuning `resolution`, save it.
+def provision_tiny(seed: int, out_dir: Path, pretrain: PretrainParams, pre: PrecomputeParams) -> dict:
+    """Build the tiny pipeline from `seed`, pretrain it at the fine-tuning sizes (the buckets of
+    `pre`, precompute's params), save it.
 
     v-prediction rather than SD1.5's epsilon: its loss keeps weight on the high-noise steps
     where a prompt's colour is decided (epsilon weights them by the SNR, ~0.005 at t=999), and
@@ -176,6 +202,6 @@ def provision_tiny(seed: int, out_dir: Path, pretrain: PretrainParams, resolutio
     """
     with tempfile.TemporaryDirectory() as work:  # the tokenizer's source files; saved with the pipeline
         pipe = build_tiny(seed, Path(work), "v_prediction")
-    report = pretrain_tiny(pipe, pretrain, seed, resolution)
+    report = pretrain_tiny(pipe, pretrain, seed, buckets_for(pre, model_step(pipe.vae, pipe.unet)))
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return {**base_info(pipe, "tiny", "tiny"), **report}

@@ -26,7 +26,7 @@ import torch
 
 from . import diffusion
 from .base import Base, load_base, vae_scale_factor
-from .latents import load_latents
+from .latents import LatentGroups, load_latents, read_index
 from .lr_schedule import lr_factor
 from .lora import attach_lora, keep_lora_fp32, lora_state
 from .params import Params, TrainParams, to_dict
@@ -45,48 +45,71 @@ def step_seed(seed: int, step: int, stream: int) -> int:
 
 # ----------------------------------------------------------------------------- data
 class LatentBatches:
-    """Seeded, resumable batches over resident latents with latent and caption augmentation.
+    """Seeded, resumable single-bucket batches over resident latents, with latent and caption
+    augmentation.
 
     Batch `s` of process `rank` is a pure function of (seed, s, rank): no iterator state to save.
+    Each epoch shuffles every bucket, cuts it into global batches (`batch_size` x processes; the
+    rank takes its slice, so processes never share an item in a step) and shuffles the order
+    of those batches. A bucket with fewer items than a global batch gives one smaller batch per
+    epoch (all its items on one process; items // processes each on several, an item repeated
+    only when the bucket has fewer items than processes); a larger one gives whole batches, and
+    its remainder waits for the next epoch's shuffle.
     Captions are pre-tokenized in every variant (plain, + each quality term, and "" for
     dropout) into one table, `token_ids` [(1 + Q) * N + 1, 77]; a batch returns row numbers
     into it, so text embeddings can be cached per row. The latents may live on the GPU: the
     random draws stay on the CPU generators, so a batch is the same wherever they live.
     """
 
-    def __init__(self, latents: torch.Tensor, captions: list[str], tokenizer, train_params: TrainParams, seed: int,
+    def __init__(self, latents: LatentGroups, captions: list[str], tokenizer, train_params: TrainParams, seed: int,
                  rank: int = 0, world: int = 1):
-        self.latents, self.seed, self.rank, self.world = latents, seed, rank, world
-        self._perm: tuple[int, torch.Tensor] = (-1, torch.empty(0))
+        self.groups, self.seed, self.rank, self.world = latents, seed, rank, world
+        self._plan: tuple[int, list[tuple[int, torch.Tensor]]] = (-1, [])
         self.batch_size = train_params.batch_size
         self.augment, self.captions = train_params.augment, train_params.captions
         self.n = len(latents)
-        self.per_epoch = max(1, self.n // (self.batch_size * world))
+        self.sizes, self.offsets = latents.sizes, latents.offsets
+        glob = self.batch_size * world
+        self.per_epoch = sum(n // glob if n >= glob else 1 for n in self.sizes)
         variants = [captions] + [[f"{c}, {q}" for c in captions] for q in self.captions.quality_terms] + [[""]]
         ids, trunc = zip(*(diffusion.tokenize(tokenizer, v) for v in variants))
         self.token_ids = torch.cat(ids)
         self.truncated = trunc[0]
         self.empty_row = len(self.token_ids) - 1
 
-    def indices(self, step: int) -> torch.Tensor:
+    def epoch_plan(self, epoch: int) -> list[tuple[int, torch.Tensor]]:
+        """The epoch's global batches as (group, rows of that group), in training order."""
+        gen = torch.Generator().manual_seed(step_seed(self.seed, epoch, 1))
+        glob = self.batch_size * self.world
+        plan = []
+        for g, n in enumerate(self.sizes):
+            perm = torch.randperm(n, generator=gen)
+            if n >= glob:
+                plan += [(g, perm[k * glob:(k + 1) * glob]) for k in range(n // glob)]
+            else:  # one smaller batch: n // world per process (repeats only when n < processes)
+                per = max(1, n // self.world)
+                plan.append((g, perm.repeat(math.ceil(per * self.world / n))[:per * self.world]))
+        if len(self.sizes) > 1:  # one bucket: the batches are already in a random order
+            plan = [plan[k] for k in torch.randperm(len(plan), generator=gen).tolist()]
+        return plan
+
+    def indices(self, step: int) -> tuple[int, torch.Tensor]:
+        """(group, rows of that group) of this process's batch at `step`."""
         epoch, pos = divmod(step, self.per_epoch)
-        if self._perm[0] != epoch:  # one permutation per epoch, drawn once (O(N) per draw)
-            gen = torch.Generator().manual_seed(step_seed(self.seed, epoch, 1))
-            perm = torch.randperm(self.n, generator=gen)
-            if self.n < self.batch_size * self.world:  # tiny data: sample with replacement
-                perm = perm.repeat(math.ceil(self.batch_size * self.world / self.n))
-            self._perm = (epoch, perm)
-        perm = self._perm[1]
-        b = self.batch_size
-        start = pos * b * self.world + self.rank * b
-        return perm[start:start + b]
+        if self._plan[0] != epoch:  # drawn once per epoch (O(N) per draw)
+            self._plan = (epoch, self.epoch_plan(epoch))
+        g, rows = self._plan[1][pos]
+        per = len(rows) // self.world
+        return g, rows[self.rank * per:(self.rank + 1) * per]
 
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Augmented latents [b, 4, h, w] (where the latents live) and caption rows [b] into `token_ids`."""
-        idx = self.indices(step)
+        g, local = self.indices(step)
+        idx = local + self.offsets[g]
         gen = torch.Generator().manual_seed(step_seed(self.seed, step, 2))
         a = self.augment
-        lat = diffusion.latent_augment(self.latents[to_device(idx, self.latents.device)], gen, a.noise_prob,
+        group = self.groups.tensors[g]
+        lat = diffusion.latent_augment(group[to_device(local, group.device)], gen, a.noise_prob,
                                        a.noise_std, a.hflip_prob, a.crop_prob, a.crop_min_scale)
         c = self.captions
         drop = torch.rand(len(idx), generator=gen) < c.dropout_prob
@@ -223,11 +246,11 @@ class Data:
 
     batches: "LatentBatches"
     text: "TextEmbeddings"
-    val_latents: torch.Tensor
+    val_latents: list[torch.Tensor]  # one [C, h, w] per val item (buckets may differ)
     val_encoder_hidden_states: torch.Tensor
     val_plan: diffusion.FixedEval
     val_truncated: int
-    resolution: int  # pixels of a training image (for samples); 0 without a VAE
+    sample_size: tuple[int, int]  # (height, width) in pixels of the most common train bucket; 0 without a VAE
 
 
 @dataclass
@@ -274,10 +297,17 @@ def fingerprint(params: Params, latent_dir: Path, base_dir: Path, processes: int
         "params": json.dumps({"seed": params.seed, "train": to_dict(params.train)}, sort_keys=True),
         "processes": str(processes),
         "latents": digest((latent_dir / "index.json").read_bytes()),
+        "buckets": json.dumps(bucket_settings(latent_dir), sort_keys=True),
         "base": digest((unet_dir / "config.json").read_bytes(),
                        str(sorted((f.name, f.stat().st_size) for f in unet_dir.iterdir())).encode()),
         "code": digest(*((code_dir / f"{m}.py").read_bytes() for m in TRAIN_CODE)),
     }
+
+
+def bucket_settings(latent_dir: Path) -> dict:
+    """How the latents were sized (precompute.shape, bucket_size, resolution, crop, the buckets)."""
+    meta = read_index(latent_dir)["meta"]
+    return {k: meta.get(k) for k in ("shape", "bucket_size", "resolution", "crop", "buckets")}
 
 
 def mismatch(saved: dict[str, str], current: dict[str, str]) -> list[str]:
@@ -288,6 +318,10 @@ def mismatch(saved: dict[str, str], current: dict[str, str]) -> list[str]:
         changed = [f"{'' if k == 'seed' else 'train.'}{k.removeprefix('train.')} {old.get(k)!r} -> {new.get(k)!r}"
                    for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         reasons.append("params changed (" + ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else "") + ")")
+    if saved.get("buckets") != current["buckets"]:
+        old, new = json.loads(saved.get("buckets") or "{}"), json.loads(current["buckets"])
+        changed = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+        reasons.append("bucket settings of the latents changed (" + ", ".join(changed[:4]) + ")")
     if saved.get("processes") != current["processes"]:
         reasons.append(f"process count {saved.get('processes')} -> {current['processes']}")
     for part, what in (("latents", "latents (data/latents) changed"), ("base", "base model (models/base) changed"),
@@ -429,34 +463,44 @@ def setup_model(params: Params, base_dir: Path) -> Model:
 def setup_data(params: Params, model: Model, latent_dir: Path) -> Data:
     """Train latents resident in memory with cached text embeddings; the val plan fixed by the seed."""
     base, accelerator = model.base, model.accelerator
-    train_latents, train_items = load_latents(latent_dir, "train")
-    val_latents, val_items = load_latents(latent_dir, "val")
-    if len(train_latents) == 0:
+    train = load_latents(latent_dir, "train")
+    val = load_latents(latent_dir, "val")
+    if len(train) == 0:
         raise UserError(f"{latent_dir}: no train latents; check filter.val_fraction and the data")
-    if len(val_latents) == 0:
+    if len(val) == 0:
         raise UserError(f"{latent_dir}: no val latents; validation needs some (filter.val_fraction)")
     if params.train.data_on_device and model.device.type == "cuda":
         # A quarter of the free memory at most: the UNet's activations need the rest.
-        fits = train_latents.nbytes < torch.cuda.mem_get_info(model.device)[0] // 4
-        log.info("train latents (%.1f MiB) %s", train_latents.nbytes / 2**20,
+        fits = train.nbytes < torch.cuda.mem_get_info(model.device)[0] // 4
+        log.info("train latents (%.1f MiB) %s", train.nbytes / 2**20,
                  "on the GPU" if fits else "in host memory: too large for the GPU (train.data_on_device)")
         if fits:
-            train_latents = train_latents.to(model.device)
-    batches = LatentBatches(train_latents, [it["caption"] for it in train_items], base.tokenizer, params.train,
+            train = train.to(model.device)
+    batches = LatentBatches(train, [it["caption"] for it in train.items], base.tokenizer, params.train,
                             params.seed, accelerator.process_index, accelerator.num_processes)
     text = TextEmbeddings(base.text_encoder, batches.token_ids, model.device)
-    val_ids, val_truncated = diffusion.tokenize(base.tokenizer, [it["caption"] for it in val_items])
+    val_ids, val_truncated = diffusion.tokenize(base.tokenizer, [it["caption"] for it in val.items])
     val_encoder_hidden_states = diffusion.encode_text(base.text_encoder, val_ids).float().cpu()
+    val_latents = val.per_item()
     # Validation draws timesteps like training does, so the best checkpoint is chosen by the
     # objective being optimised (evaluate reports the uniform-timestep loss per band).
-    plan = diffusion.fixed_eval(len(val_latents), tuple(val_latents.shape[1:]), params.train.val_repeats,
+    plan = diffusion.fixed_eval([tuple(v.shape) for v in val_latents], params.train.val_repeats,
                                 base.noise_scheduler.config.num_train_timesteps, params.seed,
                                 params.train.timestep_bias)
-    log.info("train %d latents, val %d (x%d fixed draws); %d of %d train captions truncated at %d tokens",
-             len(train_latents), len(val_latents), params.train.val_repeats, batches.truncated,
-             len(train_items), base.tokenizer.model_max_length)
-    resolution = train_latents.shape[-1] * vae_scale_factor(base.vae) if base.vae else 0
-    return Data(batches, text, val_latents, val_encoder_hidden_states, plan, val_truncated, resolution)
+    log.info("train %d latents in buckets %s (%d batches per epoch), val %d (x%d fixed draws); "
+             "%d of %d train captions truncated at %d tokens", len(train), _bucket_sizes(train),
+             batches.per_epoch, len(val), params.train.val_repeats, batches.truncated, len(train), base.tokenizer.model_max_length)
+    # samples are drawn at the most common train bucket
+    top = max(range(len(train.tensors)), key=lambda g: train.sizes[g])
+    factor = vae_scale_factor(base.vae) if base.vae else 0
+    size = (train.tensors[top].shape[-2] * factor, train.tensors[top].shape[-1] * factor)
+    return Data(batches, text, val_latents, val_encoder_hidden_states, plan, val_truncated, size)
+
+
+def _bucket_sizes(groups: LatentGroups) -> str:
+    """'64x96: 1700, 96x64: 12' (pixels at the VAE's 8x; the latent shape x 8)."""
+    return ", ".join(f"{it['bucket'][0]}x{it['bucket'][1]}: {n}" if "bucket" in it else f"{tuple(t.shape[1:])}: {n}"
+                     for t, n, it in zip(groups.tensors, groups.sizes, [groups.items[o] for o in groups.offsets]))
 
 
 def open_live(live_dir: Path, train_params: TrainParams, snapshot: Optional[dict[str, str]]):
@@ -590,7 +634,7 @@ def log_validation(run: Run, step: int) -> dict:
             state.best_lora = lora_state(unet)
         if run.live is not None and train_params.samples.every and len(state.history) % train_params.samples.every == 0:
             with model.accelerator.autocast():
-                _log_sample(run.live, model.base, unet, train_params, data.resolution, step)
+                _log_sample(run.live, model.base, unet, train_params, data.sample_size, step)
     unet.train()
     state.history.append({"step": step, **metrics})
     if run.live is not None:
@@ -845,7 +889,7 @@ def _peak_memory_mib(device: torch.device) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
 
 
-def _log_sample(live, base, unet, train_params: TrainParams, resolution: int, step: int) -> None:
+def _log_sample(live, base, unet, train_params: TrainParams, size: tuple[int, int], step: int) -> None:
     """A fixed prompt and seed through the current adapter, logged as a step-numbered image."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -857,7 +901,7 @@ def _log_sample(live, base, unet, train_params: TrainParams, resolution: int, st
     was_training = unet.training
     unet.eval()
     gen = torch.Generator().manual_seed(s.seed)
-    image = pipe(s.prompt, num_inference_steps=s.steps, guidance_scale=s.guidance_scale, height=resolution,
-                 width=resolution, generator=gen).images[0]
+    image = pipe(s.prompt, num_inference_steps=s.steps, guidance_scale=s.guidance_scale, height=size[0],
+                 width=size[1], generator=gen).images[0]
     unet.train(was_training)
     live.log_image(f"samples/step_{step:06d}.png", image)

@@ -16,7 +16,7 @@ def main() -> None:
     params = load_params()
     with atomic_dir(paths.BASE) as tmp:
         if params.model.base == "tiny":
-            info = provision_tiny(params.seed, tmp, params.model.pretrain, params.precompute.resolution)
+            info = provision_tiny(params.seed, tmp, params.model.pretrain, params.precompute)
         else:
             info = provision_base(params.model.base, params.seed, tmp)
     write_json(paths.BASE_REPORT, info)

@@ -5,7 +5,7 @@ import logging
 
 from fashion_lora import paths
 from fashion_lora.evaluation import attribute_metrics, attribute_prompts, attribute_sheet, clip_score, val_losses
-from fashion_lora.latents import load_latents
+from fashion_lora.latents import image_size, load_latents
 from fashion_lora.lora import load_pipeline
 from fashion_lora.sampling import use_cuda_graphs
 from fashion_lora.params import load_params
@@ -20,11 +20,11 @@ def main() -> None:
     set_seed(params.seed)
     device = resolve_device(ev.device, "evaluate.device")
     pipe = load_pipeline(paths.BASE, paths.LORA, device)
-    latents, items = load_latents(paths.LATENTS, "val")
-    if len(latents) == 0:
+    val = load_latents(paths.LATENTS, "val")
+    if len(val) == 0:
         raise UserError("data/latents has no val latents to evaluate on (filter.val_fraction)")
-    metrics, bands = val_losses(pipe, latents, [it["caption"] for it in items], ev.repeats, ev.timestep_bands,
-                                ev.batch_size, params.seed)
+    metrics, bands = val_losses(pipe, val.per_item(), [it["caption"] for it in val.items], ev.repeats,
+                                ev.timestep_bands, ev.batch_size, params.seed)
     log.info("val MSE base %.5f -> LoRA %.5f (%.1f%% better) over %d fixed evaluations",
              metrics["base"]["mse"], metrics["lora"]["mse"], 100 * metrics["improvement"]["mse"],
              metrics["evaluations"])
@@ -33,7 +33,8 @@ def main() -> None:
         if gen.cuda_graphs and device.type == "cuda":  # after the dtype change: graphs hold the weights' memory
             use_cuda_graphs(pipe.unet)
         attr, images = attribute_metrics(pipe, ev.attribute_prompts, ev.attribute_seeds, ev.attribute_steps,
-                                         gen.guidance_scale, gen.negative_prompt, *params.image_size, params.seed,
+                                         gen.guidance_scale, gen.negative_prompt,
+                                         *image_size(gen.height, gen.width, paths.LATENTS), params.seed,
                                          fuse=gen.fuse_lora)
         per_color = attr.pop("per_color")  # its own file: 16 more metric columns would crowd `dvc exp show`
         metrics["attribute"] = attr

@@ -4,6 +4,7 @@ import io
 import logging
 
 from fashion_lora import paths
+from fashion_lora.latents import image_size
 from fashion_lora.lora import load_pipeline
 from fashion_lora.params import load_params
 from fashion_lora.sampling import sample_prompt_grid, use_cuda_graphs
@@ -22,7 +23,7 @@ def main() -> None:
     if gen.cuda_graphs and device.type == "cuda":
         use_cuda_graphs(pipe.unet)
     with atomic_dir(paths.GENERATE_IMAGES) as tmp:
-        images, seconds = sample_prompt_grid(pipe, gen, params.image_size, tmp)
+        images, seconds = sample_prompt_grid(pipe, gen, image_size(gen.height, gen.width, paths.LATENTS), tmp)
     rows = [(prompt, [(f"{s} steps {m}", images[i, s, m]) for s in gen.steps for m in ("base", "lora")])
             for i, prompt in enumerate(gen.prompts)]
     buf = io.BytesIO()

@@ -5,8 +5,9 @@ import logging
 import pandas as pd
 
 from fashion_lora import paths
-from fashion_lora.base import load_base
+from fashion_lora.base import load_base, model_step
 from fashion_lora.params import load_params
+from fashion_lora.buckets import buckets_for
 from fashion_lora.precompute import encode_dataset, precompute_report
 from fashion_lora.utils import inference_dtype, resolve_device, run_stage, set_seed, write_json
 
@@ -19,13 +20,15 @@ def main() -> None:
     set_seed(params.seed)
     device = resolve_device(pre.device, "precompute.device")
     df = pd.read_csv(paths.CSV, keep_default_na=False)
-    vae = load_base(paths.BASE, device, inference_dtype(pre.precision, device, "precompute.precision")).vae
-    index, drops, seconds = encode_dataset(df, vae, pre, paths.LATENTS)
+    base = load_base(paths.BASE, device, inference_dtype(pre.precision, device, "precompute.precision"))
+    buckets = buckets_for(pre, model_step(base.vae, base.unet))
+    log.info("%s at %d px: %s", pre.shape, pre.resolution, ", ".join(f"{w}x{h}" for w, h in buckets))
+    index, drops, seconds = encode_dataset(df, base.vae, pre, paths.LATENTS, buckets)
     report = precompute_report(index, len(df), drops, seconds, paths.LATENTS, device, pre)
     write_json(paths.PRECOMPUTE_REPORT, report)
-    log.info("encoded %d of %d rows into %d shard(s) at %d px; dropped %s; %.1f images/s on %s",
-             report["encoded"], len(df), report["shards"], pre.resolution, dict(drops),
-             report["images_per_second"], device)
+    log.info("encoded %d of %d rows into %d shard(s); per bucket %s; area kept mean %.3f min %.3f; dropped %s; "
+             "%.1f images/s on %s", report["encoded"], len(df), report["shards"], report["buckets"],
+             report["area_kept"]["mean"], report["area_kept"]["min"], dict(drops), report["images_per_second"], device)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,24 @@ def latent_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def bucket_latent_dir(tmp_path_factory) -> Path:
+    """Latents in three train buckets (64x64: 24, 64x96: 9, 96x64: 1 image) and a bucket that
+    only val has (64x128), as precompute writes them."""
+    out = tmp_path_factory.mktemp("bucket_latents")
+    gen = torch.Generator().manual_seed(1)
+    w = ShardWriter(out, 16, torch.float16)
+    plan = [((64, 64), "train")] * 24 + [((64, 96), "train")] * 9 + [((96, 64), "train")] + \
+        [((64, 64), "val")] * 4 + [((64, 96), "val")] * 2 + [((64, 128), "val")]
+    for i, ((bw, bh), split) in enumerate(plan):
+        lat = torch.randn(4, bh // 8, bw // 8, generator=gen) * 0.8 + (i % 3) * 0.3
+        w.add(lat, {"image_name": f"{i}.jpg", "caption": CAPTIONS[i % 3], "split": split, "bucket": [bw, bh],
+                    "crop": [0, 0, 1, 1], "orig_size": [1, 1]})
+    w.close({"resolution": 64, "shape": "buckets", "bucket_size": "short_side", "crop": "center",
+             "buckets": [[64, 64], [64, 96], [64, 128], [96, 64]], "train_bucket": [64, 64]})
+    return out
+
+
 @pytest.fixture(autouse=True)
 def _fresh_accelerate_state():
     """train() builds an Accelerator; accelerate keeps its state per process, so tests that

@@ -13,6 +13,7 @@ from PIL import Image
 
 from fashion_lora.captions import load_captions
 from fashion_lora.filtering import filter_entries, sample_and_split
+from fashion_lora.buckets import buckets_for
 from fashion_lora.images import load_rgb, prepare
 from fashion_lora.sources import fetch
 from fashion_lora.utils import UserError
@@ -99,11 +100,13 @@ def test_corpus_through_download_filter_precompute(tmp_path):
     assert len(by_name["long.jpg"]["caption"]) > 9000
     # precompute prepares every kept row; the rotated photo comes out upright (portrait crop box)
     rows = sample_and_split(kept, 100, 0.2, seed=0)
+    buckets = buckets_for(p.precompute, 32)
     for r in rows:
-        prep = prepare(0, str(raw / "images" / r["image_name"]), p.precompute)
+        prep = prepare(0, str(raw / "images" / r["image_name"]), p.precompute, buckets)
         assert prep.reason is None, r["image_name"]
-        assert prep.pixels.shape == (64, 64, 3)
-    assert prepare(0, str(raw / "images/rotated.jpg"), p.precompute).orig_size == (300, 440)
+        assert prep.pixels.shape == (prep.bucket[1], prep.bucket[0], 3)
+    rotated = prepare(0, str(raw / "images/rotated.jpg"), p.precompute, buckets)
+    assert rotated.orig_size == (300, 440) and rotated.bucket == (64, 96)  # upright: the portrait bucket
     assert not (tmp_path / "outside.jpg").exists()
 
 

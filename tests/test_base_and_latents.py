@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from fashion_lora.base import build_clip_tokenizer, load_base, provision_base
-from fashion_lora.images import prepare, quality_reason, resize_crop, to_vae_input
+from fashion_lora.images import area_kept, prepare, quality_reason, resize_crop, to_vae_input
 from fashion_lora.latents import LatentsError, ShardWriter, encode, load_latents, load_shard
 from fashion_lora.utils import UserError
 from tests.helpers import blur, small_params
@@ -66,14 +66,19 @@ def test_aspect_preserving_crop_keeps_proportions():
     arr = np.zeros((1101, 750, 3), np.uint8)
     arr[:, 370:380] = 255  # a vertical bar in the middle
     img = Image.fromarray(arr)
-    square, box = resize_crop(img, 512, "center")
+    square, box = resize_crop(img, (512, 512), "center")
     assert square.size == (512, 512)
     left, top, right, bottom = box
     assert right - left == 750 and abs((bottom - top) - 750) <= 1  # a square of the original: no squashing
     col = np.asarray(square)[256].mean(axis=-1)
     assert abs(int(np.argmax(col)) - 256) <= 4  # the bar stays centred and thin
-    _, box_top = resize_crop(img, 512, "top")
+    _, box_top = resize_crop(img, (512, 512), "top")
     assert box_top[1] == 0
+    assert abs(area_kept(box, (750, 1101)) - 750 / 1101) < 0.01  # the square keeps ~0.68 of a portrait
+    portrait, box = resize_crop(img, (512, 768), "center")  # SD1.5's portrait bucket
+    assert portrait.size == (512, 768) and area_kept(box, (750, 1101)) > 0.97
+    col = np.asarray(portrait)[384].mean(axis=-1)
+    assert abs(int(np.argmax(col)) - 256) <= 4  # still centred: covered, not squashed
 
 
 def test_quality_checks_drop_with_reasons():
@@ -90,9 +95,11 @@ def test_prepare_drops_blurry_and_crops(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (440, 300, 3), dtype=np.uint8)).save(tmp_path / "ok.png")
     blur(Image.new("RGB", (300, 440), "red")).save(tmp_path / "blurry.png")
-    ok = prepare(0, str(tmp_path / "ok.png"), p)
+    ok = prepare(0, str(tmp_path / "ok.png"), p, [(64, 64)])
     assert ok.reason is None and ok.pixels.shape == (64, 64, 3) and ok.orig_size == (300, 440)
-    assert prepare(1, str(tmp_path / "blurry.png"), p).reason == "blurry"
+    ok = prepare(0, str(tmp_path / "ok.png"), p, [(64, 64), (64, 96), (96, 64)])
+    assert ok.bucket == (64, 96) and ok.pixels.shape == (96, 64, 3)  # the portrait bucket, whole
+    assert prepare(1, str(tmp_path / "blurry.png"), p, [(64, 64)]).reason == "blurry"
 
 
 def _write_shards(out: Path, n=10, shard_size=4):
@@ -100,7 +107,7 @@ def _write_shards(out: Path, n=10, shard_size=4):
     lat = torch.randn(n, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     for i in range(n):
         w.add(lat[i], {"image_name": f"{i}.jpg", "caption": f"c{i}", "split": "val" if i % 3 == 0 else "train",
-                       "crop": [0, 0, 1, 1], "orig_size": [1, 1]})
+                       "bucket": [64, 64], "crop": [0, 0, 1, 1], "orig_size": [1, 1]})
     w.close({"resolution": 64})
     return lat
 
@@ -108,11 +115,33 @@ def _write_shards(out: Path, n=10, shard_size=4):
 def test_shards_round_trip_and_match_index(tmp_path):
     lat = _write_shards(tmp_path)
     assert len(list(tmp_path.glob("shard_*.pt"))) == 3
-    all_lat, items = load_latents(tmp_path)
-    assert torch.allclose(all_lat, lat.half().float())
-    val, val_items = load_latents(tmp_path, "val")
-    assert [it["image_name"] for it in val_items] == ["0.jpg", "3.jpg", "6.jpg", "9.jpg"]
-    assert torch.equal(val, all_lat[[0, 3, 6, 9]])
+    everything = load_latents(tmp_path)
+    assert len(everything.tensors) == 1 and torch.allclose(everything.tensors[0], lat.half().float())
+    val = load_latents(tmp_path, "val")
+    assert [it["image_name"] for it in val.items] == ["0.jpg", "3.jpg", "6.jpg", "9.jpg"]
+    assert torch.equal(val.tensors[0], everything.tensors[0][[0, 3, 6, 9]])
+
+
+def test_shards_hold_one_bucket_each_and_load_grouped(tmp_path):
+    """Latents of several shapes: every shard holds one shape, the loader groups by shape (sorted)
+    and keeps index order within a group, and every latent comes back with its own entry."""
+    w = ShardWriter(tmp_path, 3, torch.float32)
+    shapes = [(4, 12, 8), (4, 8, 8), (4, 8, 12)]
+    lat = [torch.full(shapes[i % 3], float(i)) for i in range(11)]
+    for i, x in enumerate(lat):
+        w.add(x, {"image_name": f"{i}.jpg", "split": "train", "bucket": [x.shape[2] * 8, x.shape[1] * 8]})
+    index = w.close({})
+    for shard in index["shards"]:
+        data = load_shard(tmp_path / shard["file"])
+        assert len({tuple(index["items"][i]["bucket"]) for i in data["items"].tolist()}) == 1
+    groups = load_latents(tmp_path)
+    assert [tuple(t.shape[1:]) for t in groups.tensors] == sorted(shapes)
+    assert groups.sizes == [4, 3, 4] and groups.offsets == [0, 4, 7]
+    for x, it in zip(groups.per_item(), groups.items):
+        i = int(it["image_name"].split(".")[0])
+        assert torch.equal(x, lat[i])  # its own latent, shape and value
+    names = [int(it["image_name"].split(".")[0]) for it in groups.items]
+    assert names[:4] == [1, 4, 7, 10]  # (4, 8, 8) first, in index order
 
 
 def test_shards_are_byte_identical_across_runs(tmp_path):
@@ -177,7 +206,11 @@ def test_precompute_with_worker_threads_writes_the_same_latents(tmp_path, tiny_b
     out = {}
     for workers in (1, 2, "auto"):  # batch 2 -> windows of 16 rows: the pool is used
         pre = replace(small_params().precompute, workers=workers, batch_size=2)
-        index, drops, _ = encode_dataset(df, vae, pre, tmp_path / f"lat{workers}")
+        # aspects 0.87 .. 0.77: two buckets, so the writer sorts each window by bucket
+        index, drops, _ = encode_dataset(df, vae, pre, tmp_path / f"lat{workers}", [(64, 64), (64, 96), (96, 64)])
         out[workers] = (_tree_hash(tmp_path / f"lat{workers}"), dict(drops))
     assert out[1] == out[2] == out["auto"] and out[1][1] == {"blurry": 5}
-    assert [it["image_name"] for it in index["items"]] == [f"{i}.png" for i in range(40) if i % 9]
+    assert sorted(it["image_name"] for it in index["items"]) == sorted(f"{i}.png" for i in range(40) if i % 9)
+    for bucket in ([64, 64], [64, 96]):
+        rows = [int(it["image_name"][:-4]) for it in index["items"] if it["bucket"] == bucket]
+        assert rows and rows == sorted(rows)  # row order within a bucket

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -37,8 +38,8 @@ def test_base_and_lora_losses_use_identical_inputs(tiny_base, trained, latent_di
     from fashion_lora.latents import load_latents
 
     pipe = load_pipeline(tiny_base, trained, torch.device("cpu"))
-    lat, items = load_latents(latent_dir, "val")
-    caps = [it["caption"] for it in items]
+    val = load_latents(latent_dir, "val")
+    lat, caps = val.per_item(), [it["caption"] for it in val.items]
     m1, bands = val_losses(pipe, lat, caps, repeats=2, bands=5, batch_size=8, seed=0)
     m2, _ = val_losses(pipe, lat, caps, repeats=2, bands=5, batch_size=8, seed=0)
     assert m1 == m2
@@ -73,14 +74,22 @@ def test_grid_layout():
 
 def test_cli_generates_an_image(tmp_path, tiny_base, trained):
     out = tmp_path / "x.png"
-    proc = subprocess.run([sys.executable, "-m", "fashion_lora", "generate", "a red dress", "--steps", "2",
-                           "--base", str(tiny_base), "--lora", str(trained), "--out", str(out)],
-                          cwd=REPO, capture_output=True, text=True)
+    (tmp_path / "lat").mkdir()
+    (tmp_path / "lat/index.json").write_text(json.dumps({"meta": {"train_bucket": [64, 96]}, "shards": [], "items": []}))
+    cmd = [sys.executable, "-m", "fashion_lora", "generate", "a red dress", "--steps", "2", "--base", str(tiny_base),
+           "--lora", str(trained), "--out", str(out)]
+    proc = subprocess.run(cmd + ["--latents", str(tmp_path / "lat")], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert Image.open(out).size == (64, 64)
+    assert Image.open(out).size == (64, 96)  # height/width auto: the most common train bucket, a portrait
+    nowhere = subprocess.run(cmd + ["--latents", str(tmp_path / "none")], cwd=REPO, capture_output=True, text=True)
+    assert nowhere.returncode == 2 and "dvc repro precompute" in nowhere.stderr
+    proc = subprocess.run(cmd + ["--latents", str(tmp_path / "none"), "--height", "32", "--width", "48"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert Image.open(out).size == (48, 32)
     bad = subprocess.run([sys.executable, "-m", "fashion_lora", "generate", "x", "--base", str(tiny_base),
-                          "--lora", str(tmp_path / "nope"), "--out", str(out)], cwd=REPO, capture_output=True,
-                         text=True)
+                          "--lora", str(tmp_path / "nope"), "--out", str(out), "--height", "64", "--width", "64"],
+                         cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and "pytorch_lora_weights.safetensors" in bad.stderr
     assert "Traceback" not in bad.stderr
     helptext = subprocess.run([sys.executable, "-m", "fashion_lora", "generate", "--help"], cwd=REPO,

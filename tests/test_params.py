@@ -42,6 +42,11 @@ def test_default_params_load(params):
     ("train.sync_every", 0, "train.sync_every"),
     ("generate.precision", "fp64", "generate.precision"),
     ("train.cuda_graphs", True, "train.cuda_graphs"),  # without train.compile
+    ("precompute.shape", "bucket", "precompute.shape"),
+    ("precompute.bucket_size", "long_side", "precompute.bucket_size"),
+    ("generate.height", "tall", "generate.height"),
+    ("generate.width", 100, "generate.width"),
+    ("generate.height", None, "generate.height"),
 ])
 def test_bad_values_name_the_key(key, value, fragment):
     with pytest.raises(ParamError) as e:
@@ -109,9 +114,8 @@ def test_derived_params_follow_their_source():
     p = parse_params(raw_params(**{"train.max_steps": 400}))
     assert p.train.restart_period is None and p.train.cosine_period == 400  # empty = one cycle over the run
     assert parse_params(raw_params(**{"train.restart_period": 100})).train.cosine_period == 100
-    p = parse_params(raw_params(**{"precompute.resolution": 512}))
-    assert p.image_size == (512, 512)  # generate.height/width empty = the training resolution
-    assert parse_params(raw_params(**{"generate.height": 96})).image_size == (96, 64)
+    p = parse_params(raw_params(**{"generate.height": 96}))
+    assert (p.generate.height, p.generate.width) == (96, "auto")
 
 
 def test_one_set_param_changes_one_line(tmp_path):

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from fashion_lora.filtering import product_id
 from tests.helpers import SMALL, dvc, env, git, make_repo, render_offline, run, write_params
@@ -55,6 +56,8 @@ def test_outputs_are_complete_and_honest(repo):
     assert report["kept"] == len(df) == SMALL["data.synthetic.count"] - sum(bad.values())
     pre = json.loads((repo / "reports/precompute.json").read_text())
     assert pre["encoded"] == len(df) and pre["images_per_second"] > 0
+    # the synthetic portraits (aspect 0.68) go whole into the 64x96 bucket
+    assert pre["train_bucket"] == "64x96" and pre["area_kept"]["min"] > 0.95
     assert (repo / "models/lora/pytorch_lora_weights.safetensors").is_file()
     assert (repo / "models/lora/fashion_lora_kohya.safetensors").is_file()
     tr = json.loads((repo / "reports/train_report.json").read_text())
@@ -62,7 +65,8 @@ def test_outputs_are_complete_and_honest(repo):
     ev = json.loads((repo / "reports/evaluate/metrics.json").read_text())
     assert ev["lora"]["mse"] < ev["base"]["mse"]
     n_img = len(SMALL["generate.prompts"]) * len(SMALL["generate.steps"]) * 2
-    assert len(list((repo / "reports/generate/images").glob("*.png"))) == n_img
+    pngs = list((repo / "reports/generate/images").glob("*.png"))
+    assert len(pngs) == n_img and all(Image.open(f).size == (64, 96) for f in pngs)  # generate.height/width auto
     assert (repo / "reports/generate/grid.png").is_file()
 
 
@@ -258,8 +262,8 @@ def test_param_changes_rerun_only_downstream(repo):
     assert "filter" in stages and not stages & {"download", "base_model"}
     write_params(repo, {"precompute.crop": "top"})
     assert ran(dvc(repo, "repro")) == {"check", "precompute", "train", "evaluate", "generate", "report"}
-    # the tiny base is pretrained at the fine-tuning resolution, so it reruns too
-    write_params(repo, {"precompute.resolution": 32})  # generate.height/width follow it (empty)
+    # the tiny base is pretrained at the fine-tuning buckets, so it reruns too
+    write_params(repo, {"precompute.resolution": 32})  # generate.height/width auto follow the buckets
     assert ran(dvc(repo, "repro")) == {"check", "base_model", "precompute", "train", "evaluate", "generate", "report"}
 
 

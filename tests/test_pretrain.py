@@ -15,15 +15,16 @@ from fashion_lora.images import resize_crop
 from fashion_lora.latents import ShardWriter, encode
 from fashion_lora.lora import load_pipeline
 from fashion_lora.sampling import lora_enabled
-from fashion_lora.pretrain import COLOR_WORDS, corpus, provision_tiny, psnr, train_vae, withhold
+from fashion_lora.buckets import buckets_for
+from fashion_lora.pretrain import COLOR_WORDS, by_shape, corpus, provision_tiny, psnr, train_vae, withhold
 from fashion_lora.training import Outputs, train
 from fashion_lora.synthetic import COLORS, Garments, caption_for, random_garments, render
 from tests.helpers import small_params
 
 
 def test_base_captions_never_hold_a_colour_word():
-    x, captions = corpus(60, seed=5, resolution=64)
-    assert x.shape == (60, 3, 64, 64) and -1 <= float(x.min()) and float(x.max()) <= 1
+    pixels, captions = corpus(60, seed=5, buckets=[(64, 64), (64, 96), (96, 64)])
+    assert len(pixels) == 60 and all(x.shape == (96, 64, 3) for x in pixels)  # whole portraits, as precompute cuts them
     rng = random.Random(0)
     captions += [caption_for(random_garments(rng)) for _ in range(500)]
     assert sum(bool(COLOR_WORDS.search(c)) for c in captions) == len(captions)  # the originals do
@@ -40,8 +41,9 @@ def test_attribute_metric_reads_the_upper_garment_of_a_rendered_figure():
     for color in COLORS:
         g = Garments("WOMEN", "shirt", "short-sleeve", color, "solid", "trousers",
                      "grey" if color != "grey" else "black", "solid")
-        img, _ = resize_crop(render(g, (280, 412), "front", rng), 64, "center")
-        assert dominant_color(img) == color
+        for bucket in ((64, 96), (64, 64)):
+            img, _ = resize_crop(render(g, (280, 412), "front", rng), bucket, "center")
+            assert dominant_color(img) == color
     assert dominant_color(Image.new("RGB", (64, 64), (128, 128, 128))) != "red"
 
 
@@ -49,8 +51,8 @@ def test_pretrained_vae_beats_a_psnr_floor(tmp_path):
     """A short pretraining (a fifth of the default) already reconstructs held-out images."""
     p = replace(small_params().model.pretrain, vae_steps=400)
     pipe = build_tiny(42, tmp_path)
-    x, _ = corpus(700, seed=9, resolution=64)
-    train_x, held = x[:600], x[600:]
+    pixels, _ = corpus(700, seed=9, buckets=[(64, 96)])
+    train_x, held = by_shape(pixels[:600])[0], by_shape(pixels[600:])[0]
     before = psnr(pipe.vae, held)
     train_vae(pipe.vae, train_x, p, seed=0)
     after = psnr(pipe.vae, held)
@@ -68,19 +70,22 @@ def _colour_run(tmp_path: Path, seed: int) -> dict:
         "train.checkpoint_every": 1000,
     })
     base_dir = tmp_path / "base"
-    provision_tiny(seed, base_dir, p.model.pretrain, 64)
+    provision_tiny(seed, base_dir, p.model.pretrain, p.precompute)  # buckets, as the default
     pipe = load_pipeline(base_dir, None, torch.device("cpu"))
-    x, captions = corpus(1000, seed=seed + 7, resolution=64)  # not the pretraining images
-    latents = encode(pipe.vae, x)
+    pixels, captions = corpus(1000, seed=seed + 7, buckets=buckets_for(p.precompute, 32))  # not the pretraining images
+    groups, order = by_shape(pixels)
+    assert [tuple(g.shape[2:]) for g in groups] == [(96, 64)]  # the synthetic portraits: one bucket
+    latents = encode(pipe.vae, groups[0])
+    captions = [captions[i] for i in order]
     writer = ShardWriter(tmp_path / "latents", 1024, torch.float16)
     for i, (lat, cap) in enumerate(zip(latents, captions)):
         writer.add(lat, {"image_name": f"{i}.jpg", "caption": cap, "split": "val" if i % 20 == 0 else "train",
-                         "crop": [0, 0, 1, 1], "orig_size": [64, 64]})
+                         "bucket": [64, 96], "crop": [0, 0, 1, 1], "orig_size": [64, 96]})
     writer.close({"resolution": 64})
     out = tmp_path / "run"
     train(p, base_dir, tmp_path / "latents", Outputs(out / "lora", out / "live", out / "report.json", out / "ckpt"))
     pipe = load_pipeline(base_dir, out / "lora", torch.device("cpu"))
-    metrics, _ = attribute_metrics(pipe, 8, 4, 20, p.generate.guidance_scale, "", 64, 64, seed)
+    metrics, _ = attribute_metrics(pipe, 8, 4, 20, p.generate.guidance_scale, "", 96, 64, seed)
     held = [i for i in range(len(captions)) if i % 20 == 0]
     for name, enabled in (("base", False), ("lora", True)):
         with lora_enabled(pipe, enabled):

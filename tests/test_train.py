@@ -9,6 +9,7 @@ import torch
 from fashion_lora import diffusion
 from fashion_lora.base import load_base
 from fashion_lora.lora import LORA_WEIGHTS, attach_lora, keep_lora_fp32, lora_state, load_pipeline, save_lora
+from fashion_lora.latents import LatentGroups
 from fashion_lora.lr_schedule import lr_factor
 from fashion_lora.training import EarlyStop, train
 from fashion_lora.utils import UserError
@@ -238,9 +239,9 @@ def test_latent_augment_is_seeded_and_shape_preserving():
 
 
 def test_fixed_eval_plan_is_stratified_and_seeded():
-    a = diffusion.fixed_eval(10, (4, 8, 8), 10, 1000, seed=1)
-    b = diffusion.fixed_eval(10, (4, 8, 8), 10, 1000, seed=1)
-    assert torch.equal(a.noise, b.noise) and torch.equal(a.timesteps, b.timesteps)
+    a = diffusion.fixed_eval([(4, 8, 8)] * 10, 10, 1000, seed=1)
+    b = diffusion.fixed_eval([(4, 8, 8)] * 10, 10, 1000, seed=1)
+    assert torch.equal(torch.stack(a.noise), torch.stack(b.noise)) and torch.equal(a.timesteps, b.timesteps)
     counts = torch.bincount(a.timesteps // 100, minlength=10)
     assert (counts == 10).all()  # every band of [0, T) gets its share
     assert math.isclose(float(a.timesteps.float().mean()), 500, abs_tol=30)
@@ -253,9 +254,9 @@ def test_timestep_bias_shifts_draws_to_high_noise():
     assert math.isclose(float(uniform.float().mean()), 499.5, abs_tol=10)
     assert math.isclose(float(biased.float().mean()), 749.5, abs_tol=10)  # E[u^(1/3)] = 3/4
     assert (biased >= uniform).all()  # the same draw only moves towards noise
-    plan = diffusion.fixed_eval(10, (4, 8, 8), 10, 1000, seed=1, bias=3.0)
+    plan = diffusion.fixed_eval([(4, 8, 8)] * 10, 10, 1000, seed=1, bias=3.0)
     assert math.isclose(float(plan.timesteps.float().mean()), 750, abs_tol=30)
-    assert torch.equal(plan.noise, diffusion.fixed_eval(10, (4, 8, 8), 10, 1000, seed=1).noise)
+    assert torch.equal(torch.stack(plan.noise), torch.stack(diffusion.fixed_eval([(4, 8, 8)] * 10, 10, 1000, seed=1).noise))
 
 
 def test_samples_while_training_are_logged_per_step(tmp_path, tiny_base, latent_dir):
@@ -302,7 +303,7 @@ def test_batches_rows_and_cached_text_embeddings(tiny_base):
     p = replace(p, train=replace(p.train, captions=replace(p.train.captions, dropout_prob=0.3, quality_prob=0.3)))
     base = load_base(tiny_base, torch.device("cpu"))
     caps = [CAPTIONS[i % 3] for i in range(10)]
-    b = LatentBatches(torch.randn(10, 4, 8, 8), caps, base.tokenizer, p.train, seed=0)
+    b = LatentBatches(LatentGroups([torch.randn(10, 4, 8, 8)], [{}] * 10), caps, base.tokenizer, p.train, seed=0)
     assert b.token_ids.shape == (10 * (1 + len(p.train.captions.quality_terms)) + 1, 77)
     rows = torch.cat([b.batch(s)[1] for s in range(30)])
     assert (rows == b.empty_row).any() and (rows >= 10).any() and (rows < 10).any()  # all three variants occur
@@ -372,7 +373,8 @@ def test_checkpoint_refusal_names_what_changed():
     from fashion_lora.training import mismatch
 
     saved = {"params": json.dumps({"seed": 42, "train": {"max_steps": 300, "lora": {"rank": 12}}}),
-             "processes": "1", "latents": "a", "base": "b", "code": "c"}
+             "processes": "1", "latents": "a", "base": "b", "code": "c",
+             "buckets": json.dumps({"shape": "buckets", "resolution": 64})}
     same = dict(saved)
     assert mismatch(saved, same) == []
     other = {**saved, "params": json.dumps({"seed": 42, "train": {"max_steps": 300, "lora": {"rank": 4}}}),
@@ -381,6 +383,9 @@ def test_checkpoint_refusal_names_what_changed():
     assert reasons[0] == "params changed (train.lora.rank 12 -> 4)"
     assert "process count 1 -> 2" in reasons and any("training code changed" in r for r in reasons)
     assert mismatch(saved, {**saved, "latents": "x"}) == ["latents (data/latents) changed"]
+    squares = {**saved, "latents": "x", "buckets": json.dumps({"shape": "square", "resolution": 64})}
+    assert mismatch(saved, squares) == ["bucket settings of the latents changed (shape 'buckets' -> 'square')",
+                                        "latents (data/latents) changed"]
 
 
 def test_reading_the_loss_every_n_steps_logs_the_same_curves(tmp_path, tiny_base, latent_dir):
