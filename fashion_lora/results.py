@@ -84,7 +84,9 @@ def _training_section(tr: dict, gen: dict, flt: dict, pre: dict) -> list[str]:
         f"- {tr['trainable_params']} trainable LoRA parameters in {tr['lora_modules']} modules",
         f"- data: {flt['kept']} images kept of {flt['input_captions']} captions "
         f"({sum(flt['dropped'].values())} dropped, reasons in reports/filter.json); "
-        f"{pre['encoded']} latents at {pre['params']['resolution']} px",
+        f"{pre['encoded']} latents in buckets "
+        + ", ".join(f"{b} ({n['train']} train, {n['val']} val)" for b, n in pre["buckets"].items())
+        + f"; source area kept: mean {pre['area_kept']['mean']:.3f}, min {pre['area_kept']['min']:.3f}",
         "",
         "## Images (base vs LoRA, same seeds)",
         "",
