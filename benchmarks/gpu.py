@@ -98,23 +98,26 @@ def build_base(root: Path, smoke: bool) -> Path:
     return out
 
 
-def build_latents(root: Path, latent_side: int, n_train: int, n_val: int) -> Path:
-    """Random latents with real fashion captions, in the precompute stage's format."""
+def build_latents(root: Path, latent_side: int, n_train: int, n_val: int, latent_height: int | None = None,
+                  name: str = "latents") -> Path:
+    """Random latents with real fashion captions, in the precompute stage's format; one bucket of
+    `latent_side` wide x `latent_height` (default: square) high."""
     from fashion_lora.latents import ShardWriter
     from fashion_lora.synthetic import caption_for, random_garments
     import random
 
     rng = random.Random(0)
     gen = torch.Generator().manual_seed(0)
-    out = root / "latents"
+    out = root / name
+    h = latent_height or latent_side
     w = ShardWriter(out, 1024, torch.float16)
     for i in range(n_train + n_val):
-        w.add(torch.randn(4, latent_side, latent_side, generator=gen),
+        w.add(torch.randn(4, h, latent_side, generator=gen),
               {"image_name": f"{i}.jpg", "caption": caption_for(random_garments(rng)),
-               "split": "train" if i < n_train else "val", "bucket": [latent_side * 8] * 2,
+               "split": "train" if i < n_train else "val", "bucket": [latent_side * 8, h * 8],
                "crop": [0, 0, 1, 1], "orig_size": [1, 1]})
-    w.close({"resolution": latent_side * 8, "latent_size": latent_side, "dtype": "float16",
-             "scaling_factor": 0.18215, "crop": "center"})
+    w.close({"resolution": latent_side * 8, "dtype": "float16", "scaling_factor": 0.18215, "crop": "center",
+             "train_bucket": [latent_side * 8, h * 8]})
     return out
 
 
@@ -132,6 +135,7 @@ def train_params(params, smoke: bool, **overrides):
 
 def stage_loop(bench: Bench, base_dir: Path, latent_dir: Path, params) -> dict:
     """The train stage's own loop (`training.train`), as the stage runs it; steady steps/s from its report."""
+    from fashion_lora.latents import read_index
     from fashion_lora.training import Outputs, train
 
     work = Path(tempfile.mkdtemp(dir=base_dir.parent))
@@ -149,7 +153,7 @@ def stage_loop(bench: Bench, base_dir: Path, latent_dir: Path, params) -> dict:
     return {"steps_per_second": sps, "images_per_second": round(sps * params.train.batch_size, 2),
             "first_step_seconds": report["first_step_seconds"], "peak_memory_mib": report["peak_memory_mib"],
             "mixed_precision": report["system"]["mixed_precision"], "batch_size": params.train.batch_size,
-            "steps": report["steps"]}
+            "steps": report["steps"], "size": "x".join(map(str, read_index(latent_dir)["meta"]["train_bucket"]))}
 
 
 def bare_setup(base_dir: Path, params, batch: int, precision: str, device: torch.device):
@@ -257,8 +261,9 @@ def add_mfu(bench: Bench, flops: float | None, batch: int) -> None:
 
 # ----------------------------------------------------------------------------- generate
 def generate_speed(bench: Bench, base_dir: Path, lora_dir: Path, precision: str, fuse: bool, size: int,
-                   steps: int, cuda_graphs: bool = False, images: int = 3) -> dict:
-    """Seconds per image of the generate stage's sampling at `size` px (after one warm-up image).
+                   steps: int, cuda_graphs: bool = False, images: int = 3, height: int | None = None) -> dict:
+    """Seconds per image of the generate stage's sampling at `size` px wide, `height` (default
+    `size`) high (after one warm-up image).
     With CUDA graphs, also how far the same seed's image is from the eager one (0-255 scale)."""
     import numpy as np
 
@@ -270,18 +275,20 @@ def generate_speed(bench: Bench, base_dir: Path, lora_dir: Path, precision: str,
     dtype = inference_dtype(precision, device, "precision")
     pipe = load_pipeline(base_dir, lora_dir, device, dtype)
     prompt = "The lady wears a short-sleeve red shirt with solid color patterns. She wears long blue trousers."
-    out = {"dtype": str(dtype), "fuse_lora": fuse, "cuda_graphs": cuda_graphs, "size": size, "steps": steps}
+    height = height or size
+    out = {"dtype": str(dtype), "fuse_lora": fuse, "cuda_graphs": cuda_graphs, "size": f"{size}x{height}",
+           "steps": steps}
     with lora_enabled(pipe, True, fuse=fuse):
-        eager = sample_image(pipe, prompt, "", steps, 7.5, 0, size, size)
+        eager = sample_image(pipe, prompt, "", steps, 7.5, 0, height, size)
         if cuda_graphs and device.type == "cuda":
             use_cuda_graphs(pipe.unet)
-            graphed = sample_image(pipe, prompt, "", steps, 7.5, 0, size, size)
+            graphed = sample_image(pipe, prompt, "", steps, 7.5, 0, height, size)
             diff = np.abs(np.asarray(eager, dtype=np.int16) - np.asarray(graphed, dtype=np.int16))
             out.update(max_abs_diff_vs_eager=int(diff.max()), mean_abs_diff_vs_eager=round(float(diff.mean()), 4))
         sync(device)
         t0 = time.perf_counter()
         for i in range(images):
-            sample_image(pipe, prompt, "", steps, 7.5, i + 1, size, size)
+            sample_image(pipe, prompt, "", steps, 7.5, i + 1, height, size)
         sync(device)
     return {"seconds_per_image": round((time.perf_counter() - t0) / images, 4), **out}
 
@@ -355,6 +362,8 @@ def main(argv=None) -> None:
         base_dir = build_base(root, smoke)
         side = 8 if smoke else 64
         latent_dir = build_latents(root, side, 16 if smoke else 512, 4 if smoke else 16)
+        # the portrait bucket DeepFashion's 750x1101 photos get at 512 (512x768; 8x12 latents in smoke)
+        portrait_dir = build_latents(root, side, 16 if smoke else 512, 4 if smoke else 16, side * 3 // 2, "portrait")
         bench.result["setup_s"] = round(time.perf_counter() - t, 1)
         p4 = train_params(params, smoke)
         lora_dir = root / "lora"  # written by the first stage run
@@ -363,12 +372,15 @@ def main(argv=None) -> None:
         gpu = not smoke  # compile needs a GPU to be worth measuring (and minutes of CPU to build)
         plan = [  # (name, seconds it needs, function, args, kwargs), most important first
             (f"stage_b{b4}", 60, stage_loop, (bench, base_dir, latent_dir, p4), {}),
+            (f"stage_b{b4}_portrait_bucket", 60, stage_loop, (bench, base_dir, portrait_dir, p4), {}),
             (f"bare_b{b4}", 30, bare_loop, (bench, base_dir, params, b4), {}),
             (f"flops_b{b4}", 20, flops_per_step, (bench, base_dir, params, b4), {}),
             ("generate_fp32_unfused", 40, generate_speed, (bench, base_dir, lora_dir, "fp32", False, gsize, gsteps), {}),
             ("generate_fp16_fused", 30, generate_speed, (bench, base_dir, lora_dir, "auto", True, gsize, gsteps), {}),
             ("generate_fp16_fused_cudagraphs", 30, generate_speed,
              (bench, base_dir, lora_dir, "auto", True, gsize, gsteps), {"cuda_graphs": gpu}),
+            ("generate_fp16_fused_cudagraphs_portrait", 30, generate_speed,
+             (bench, base_dir, lora_dir, "auto", True, gsize, gsteps), {"cuda_graphs": gpu, "height": gsize * 3 // 2}),
             ("precompute_auto", 60, precompute_speed,
              (bench, root, base_dir, params, 64 if smoke else 512, n_img, rows, "auto", "auto", 8 if smoke else 32), {}),
             (f"stage_b{big}", 60, stage_loop,

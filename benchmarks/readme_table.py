@@ -71,6 +71,7 @@ def table() -> str:
 def _settings(r: dict) -> str:
     """What a GPU measurement ran with, from its own fields."""
     parts = [f"batch {r['batch_size']}"] if "batch_size" in r else []
+    parts += [f"{r['size']} px"] if isinstance(r.get("size"), str) else []
     precision = r.get("mixed_precision") or r.get("precision") or r.get("dtype", "").removeprefix("torch.")
     parts += [precision] if precision else []
     parts += [f"compile {r['compile']}"] if r.get("compile", "none") != "none" else []
