@@ -323,7 +323,7 @@ def precompute_speed(bench: Bench, root: Path, base_dir: Path, params, resolutio
                        "caption": ["a caption"] * rows, "split": ["train"] * rows})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     pre = replace(params.precompute, resolution=resolution, workers=workers, precision=precision, batch_size=batch,
-                  min_side=16, min_sharpness=0.0)
+                  min_side=16, min_sharpness=0.0, shape="buckets", bucket_size="short_side")
     base = load_base(base_dir, device, inference_dtype(precision, device, "precision"))
     buckets = buckets_for(pre, model_step(base.vae, base.unet))  # 750x1101 -> 512x768 at 512 on SD1.5
     index, drops, seconds = encode_dataset(df, base.vae, pre, root / "bench-latents", buckets)

@@ -107,7 +107,8 @@ def gpu_table(runs: list[Path]) -> str:
     for path in runs:
         run = json.loads(path.read_text())
         m = run["machine"]
-        out += [f"{m['gpu']}, torch {m['torch']}, {m['date']}, by `benchmarks/gpu.py` ([{path.name}]({path})):", "",
+        tool = run.get("tool", "benchmarks/gpu.py")
+        out += [f"{m['gpu']}, torch {m['torch']}, {m['date']}, by `{tool}` ([{path.name}]({path})):", "",
                 "| measurement | settings | result |", "|---|---|---|"]
         out += [f"| {name} | {_settings(r)} | {_result(r)} |" for name, r in run["measurements"].items()]
         out.append("")
