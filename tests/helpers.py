@@ -139,6 +139,18 @@ def train_params(**train_kw) -> Params:
     return replace(p, train=t)
 
 
+class Crash(Exception):
+    """A run that dies mid-training (raised by `crash_at`)."""
+
+
+def crash_at(step: int):
+    """An `on_validation` callback of `train` that raises Crash at the validation of `step`."""
+    def callback(s: int, metrics: dict) -> None:
+        if s == step:
+            raise Crash(f"crash at step {step}")
+    return callback
+
+
 def outputs(root: Path) -> Outputs:
     return Outputs(root / "lora", root / "live", root / "report.json", root / "ckpt")
 

@@ -20,7 +20,7 @@ from fashion_lora.lora import LORA_WEIGHTS
 from fashion_lora.sheets import grid
 from fashion_lora.synthetic import COLORS, Garments, render
 from fashion_lora.training import LatentBatches, train
-from tests.helpers import CAPTIONS, outputs, small_params, train_params
+from tests.helpers import CAPTIONS, Crash, crash_at, outputs, small_params, train_params
 
 DEEPFASHION = (750, 1101)  # every DeepFashion-MultiModal image
 
@@ -176,16 +176,8 @@ def test_resume_with_buckets_is_bit_exact(tmp_path, tiny_base, bucket_latent_dir
     train item has: a run cut at step 8 and resumed ends with the same files."""
     p = train_params(max_steps=12, val_every=4, checkpoint_every=4)
     full = train(p, tiny_base, bucket_latent_dir, outputs(tmp_path / "full"))
-
-    class Crash(Exception):
-        pass
-
-    def crash_at_8(step, metrics):
-        if step == 8:
-            raise Crash()
-
     with pytest.raises(Crash):
-        train(p, tiny_base, bucket_latent_dir, outputs(tmp_path / "cut"), on_validation=crash_at_8)
+        train(p, tiny_base, bucket_latent_dir, outputs(tmp_path / "cut"), on_validation=crash_at(8))
     report = train(p, tiny_base, bucket_latent_dir, outputs(tmp_path / "cut"))
     assert report["resumed_from_step"] == 4 and full["steps"] == 12
     for rel in (LORA_WEIGHTS, f"last/{LORA_WEIGHTS}"):

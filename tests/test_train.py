@@ -13,7 +13,7 @@ from fashion_lora.latents import LatentGroups
 from fashion_lora.lr_schedule import lr_factor
 from fashion_lora.training import EarlyStop, train
 from fashion_lora.utils import UserError
-from tests.helpers import CAPTIONS, outputs, small_params, train_params
+from tests.helpers import CAPTIONS, Crash, crash_at, outputs, small_params, train_params
 
 def test_only_lora_params_change(tiny_base):
     p = train_params()
@@ -163,15 +163,8 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny_base, latent_dir):
     p = train_params(max_steps=12, val_every=4, checkpoint_every=4)
     train(p, tiny_base, latent_dir, outputs(tmp_path / "full"))
 
-    class Crash(Exception):
-        pass
-
-    def crash_at_8(step, metrics):
-        if step == 8:
-            raise Crash()
-
     with pytest.raises(Crash):
-        train(p, tiny_base, latent_dir, outputs(tmp_path / "cut"), on_validation=crash_at_8)
+        train(p, tiny_base, latent_dir, outputs(tmp_path / "cut"), on_validation=crash_at(8))
     assert not (tmp_path / "cut/lora").exists()
     report = train(p, tiny_base, latent_dir, outputs(tmp_path / "cut"))
     assert report["resumed_from_step"] == 4
@@ -475,12 +468,8 @@ def test_ema_resume_is_bit_exact_and_the_average_is_what_is_saved(tmp_path, tiny
     report = train(p, tiny_base, latent_dir, outputs(tmp_path / "full"))
     assert report["weights"] == "moving average (decay 0.9)"
 
-    def crash_at_8(step, metrics):
-        if step == 8:
-            raise RuntimeError("crash")
-
-    with pytest.raises(RuntimeError):
-        train(p, tiny_base, latent_dir, outputs(tmp_path / "cut"), on_validation=crash_at_8)
+    with pytest.raises(Crash):
+        train(p, tiny_base, latent_dir, outputs(tmp_path / "cut"), on_validation=crash_at(8))
     assert train(p, tiny_base, latent_dir, outputs(tmp_path / "cut"))["resumed_from_step"] == 4
     for rel in (LORA_WEIGHTS, f"last/{LORA_WEIGHTS}"):
         assert (tmp_path / "full/lora" / rel).read_bytes() == (tmp_path / "cut/lora" / rel).read_bytes(), rel
