@@ -40,7 +40,7 @@ def peak_mib(cmd: list[str], cwd: Path) -> float:
     return round(kib / 1024, 1)
 
 
-def stage_repo(root: Path, count: int) -> Path:
+def stage_repo(root: Path, count: int, train_steps: int) -> Path:
     """A minimal working copy with stages, package and params for `count` synthetic images."""
     for d in ("stages", "fashion_lora"):
         shutil.copytree(REPO / d, root / d, ignore=shutil.ignore_patterns("__pycache__"))
@@ -49,7 +49,7 @@ def stage_repo(root: Path, count: int) -> Path:
     # Peak memory depends on the architecture and batch, not on the weights or the step count:
     # skip the base's minutes of pretraining and most of the steps.
     raw["model"]["base"] = "tiny-random"
-    raw["train"]["max_steps"] = 100
+    raw["train"]["max_steps"] = train_steps
     (root / "params.yaml").write_text(yaml.safe_dump(raw))
     return root
 
@@ -79,13 +79,14 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs=2, default=[1000, 4000])
     ap.add_argument("--skip-sd15", action="store_true")
+    ap.add_argument("--train-steps", type=int, default=100, help="steps of the measured train stage")
     args = ap.parse_args(argv)
     py = sys.executable
     res: dict = {"data": {}}
     rows = [("measurement", "peak RSS MiB")]
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.sizes:
-            repo = stage_repo(Path(tmp) / f"n{n}", n)
+            repo = stage_repo(Path(tmp) / f"n{n}", n, args.train_steps)
             subprocess.run([py, "-m", "stages.download"], cwd=repo, check=True, capture_output=True)
             subprocess.run([py, "-m", "stages.base_model"], cwd=repo, check=True, capture_output=True)
             f = peak_mib([py, "-m", "stages.filter"], repo)

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 @pytest.mark.parametrize("module,args,key", [
     ("benchmarks.data_throughput", ["--count", "60", "--reps", "1", "--no-deepfashion-size"], "filter"),
     ("benchmarks.train_step", ["--steps", "3", "--reps", "1", "--resolutions", "64"], "64"),
-    ("benchmarks.memory", ["--sizes", "40", "60", "--skip-sd15"], "data"),
+    ("benchmarks.memory", ["--sizes", "40", "60", "--skip-sd15", "--train-steps", "10"], "data"),
     ("benchmarks.gpu", ["--smoke"], "measurements"),
 ])
 def test_benchmark_runs_and_writes_json(tmp_path, module, args, key):
