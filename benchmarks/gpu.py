@@ -135,6 +135,7 @@ def train_params(params, smoke: bool, **overrides):
 
 def stage_loop(bench: Bench, base_dir: Path, latent_dir: Path, params) -> dict:
     """The train stage's own loop (`training.train`), as the stage runs it; steady steps/s from its report."""
+    from fashion_lora.buckets import bucket_name
     from fashion_lora.latents import read_index
     from fashion_lora.training import Outputs, train
 
@@ -153,7 +154,7 @@ def stage_loop(bench: Bench, base_dir: Path, latent_dir: Path, params) -> dict:
     return {"steps_per_second": sps, "images_per_second": round(sps * params.train.batch_size, 2),
             "first_step_seconds": report["first_step_seconds"], "peak_memory_mib": report["peak_memory_mib"],
             "mixed_precision": report["system"]["mixed_precision"], "batch_size": params.train.batch_size,
-            "steps": report["steps"], "size": "x".join(map(str, read_index(latent_dir)["meta"]["train_bucket"]))}
+            "steps": report["steps"], "size": bucket_name(read_index(latent_dir)["meta"]["train_bucket"])}
 
 
 def bare_setup(base_dir: Path, params, batch: int, precision: str, device: torch.device):
@@ -301,7 +302,7 @@ def precompute_speed(bench: Bench, root: Path, base_dir: Path, params, resolutio
     from PIL import Image
 
     from fashion_lora.base import load_base, model_step
-    from fashion_lora.buckets import buckets_for
+    from fashion_lora.buckets import bucket_name, buckets_for
     from fashion_lora.precompute import encode_dataset
     from fashion_lora.utils import inference_dtype, worker_count
 
@@ -330,7 +331,7 @@ def precompute_speed(bench: Bench, root: Path, base_dir: Path, params, resolutio
     shutil.rmtree(root / "bench-latents", ignore_errors=True)
     return {"images_per_second": round(rows / seconds, 1), "rows": rows, "encoded": len(index["items"]),
             "workers": worker_count(workers), "precision": precision, "batch_size": batch, "resolution": resolution,
-            "buckets": sorted({f"{w}x{h}" for w, h in (it["bucket"] for it in index["items"])})}
+            "buckets": sorted({bucket_name(it["bucket"]) for it in index["items"]})}
 
 
 def sync(device: torch.device) -> None:

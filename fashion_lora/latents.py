@@ -21,6 +21,7 @@ from typing import Iterable, Optional
 
 import torch
 
+from .buckets import bucket_name
 from .utils import UserError, atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,7 @@ def bucket_counts(items: list[dict]) -> dict[str, dict[str, int]]:
     """{"WxH": {"train": n, "val": m}} over index entries, buckets sorted by size."""
     out: dict[str, dict[str, int]] = {}
     for it in sorted(items, key=lambda it: tuple(it["bucket"])):
-        row = out.setdefault(f"{it['bucket'][0]}x{it['bucket'][1]}", {"train": 0, "val": 0})
+        row = out.setdefault(bucket_name(it["bucket"]), {"train": 0, "val": 0})
         row[it["split"]] = row.get(it["split"], 0) + 1
     return out
 

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from . import diffusion
 from .base import base_info, build_tiny, model_step
-from .buckets import Bucket, buckets_for, nearest_bucket
+from .buckets import Bucket, bucket_name, buckets_for, nearest_bucket
 from .images import resize_crop, to_vae_input
 from .lr_schedule import lr_factor
 from .params import PrecomputeParams, PretrainParams
@@ -185,7 +185,7 @@ def pretrain_tiny(pipe, pretrain: PretrainParams, seed: int, buckets: list[Bucke
                            pretrain, seed)
     log.info("UNet: final training loss %.4f (%s)", unet_loss, noise_scheduler.config.prediction_type)
     return {"pretrain_images": len(order), "holdout_images": pretrain.holdout,
-            "buckets": {f"{t.shape[-1]}x{t.shape[-2]}": len(t) for t in train_x},
+            "buckets": {bucket_name((t.shape[-1], t.shape[-2])): len(t) for t in train_x},
             "vae_psnr_db": round(psnr_after, 3), "vae_psnr_random_init_db": round(psnr_before, 3),
             "vae_final_loss": round(vae_loss, 5), "latent_scaling_factor": round(pipe.vae.config.scaling_factor, 6),
             "unet_final_loss": round(unet_loss, 5), "prediction_type": noise_scheduler.config.prediction_type,

@@ -7,7 +7,7 @@ import pandas as pd
 from fashion_lora import paths
 from fashion_lora.base import load_base, model_step
 from fashion_lora.params import load_params
-from fashion_lora.buckets import buckets_for
+from fashion_lora.buckets import bucket_name, buckets_for
 from fashion_lora.precompute import encode_dataset, precompute_report
 from fashion_lora.utils import inference_dtype, resolve_device, run_stage, set_seed, write_json
 
@@ -22,7 +22,7 @@ def main() -> None:
     df = pd.read_csv(paths.CSV, keep_default_na=False)
     base = load_base(paths.BASE, device, inference_dtype(pre.precision, device, "precompute.precision"))
     buckets = buckets_for(pre, model_step(base.vae, base.unet))
-    log.info("%s at %d px: %s", pre.shape, pre.resolution, ", ".join(f"{w}x{h}" for w, h in buckets))
+    log.info("%s at %d px: %s", pre.shape, pre.resolution, ", ".join(bucket_name(b) for b in buckets))
     index, drops, seconds = encode_dataset(df, base.vae, pre, paths.LATENTS, buckets)
     report = precompute_report(index, len(df), drops, seconds, paths.LATENTS, device, pre)
     write_json(paths.PRECOMPUTE_REPORT, report)

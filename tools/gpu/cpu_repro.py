@@ -1,8 +1,6 @@
 """Run the SMALL pipeline on the CPU in a fresh temp repo and print its dvc.lock out hashes as JSON
 (reproducibility across thread counts and machines)."""
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
