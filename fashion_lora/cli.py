@@ -72,7 +72,7 @@ def _size(value: str) -> int | str:
 
 def _generate(args: argparse.Namespace) -> None:
     from .latents import image_size
-    from .lora import load_pipeline
+    from .lora import load_pipeline, lora_components
     from .sampling import sample_image, use_cuda_graphs
 
     if args.steps < 1:
@@ -82,7 +82,7 @@ def _generate(args: argparse.Namespace) -> None:
     pipe = load_pipeline(args.base, None if args.no_lora else args.lora, device,
                          inference_dtype(args.precision, device, "--precision"))
     if args.fuse and not args.no_lora:
-        pipe.fuse_lora(components=["unet"], lora_scale=1.0)
+        pipe.fuse_lora(components=lora_components(pipe), lora_scale=1.0)
     if args.cuda_graphs and device.type == "cuda":
         use_cuda_graphs(pipe.unet)
     pipe.set_progress_bar_config(disable=False, desc="denoise", leave=False)

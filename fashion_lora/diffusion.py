@@ -142,8 +142,9 @@ def band_means(values: torch.Tensor, timesteps: torch.Tensor, bands: int, num_ti
 
 
 @torch.no_grad()
+@torch.no_grad()
 def encode_text(text_encoder, input_ids: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Last hidden states of the frozen text encoder (what SD's UNet cross-attends to)."""
+    """Last hidden states of the text encoder (what SD's UNet cross-attends to), without gradients."""
     device = next(text_encoder.parameters()).device
     out = [text_encoder(input_ids[s:s + batch_size].to(device))[0] for s in range(0, len(input_ids), batch_size)]
     return torch.cat(out) if out else torch.empty(0)

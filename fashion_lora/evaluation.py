@@ -51,11 +51,12 @@ def val_losses(pipe, latents: list[torch.Tensor], captions: list[str], repeats: 
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     T = scheduler.config.num_train_timesteps
     ids, _ = diffusion.tokenize(pipe.tokenizer, captions)
-    encoder_hidden_states = diffusion.encode_text(pipe.text_encoder, ids).float().cpu()
     plan = diffusion.fixed_eval([tuple(v.shape) for v in latents], repeats, T, seed)
     results = {}
     for name, enabled in (("base", False), ("lora", True)):
         with lora_enabled(pipe, enabled):
+            # inside the switch: a text-encoder LoRA changes the embeddings too
+            encoder_hidden_states = diffusion.encode_text(pipe.text_encoder, ids).float().cpu()
             mse, mae = diffusion.eval_losses(pipe.unet, scheduler, latents, encoder_hidden_states, plan,
                                                batch_size, desc=f"val loss ({name})")
         results[name] = (mse, mae)

@@ -17,10 +17,10 @@ log = logging.getLogger(__name__)
 def export_fused(base: Path, lora: Path, out: Path) -> None:
     import torch
 
-    from .lora import load_pipeline
+    from .lora import load_pipeline, lora_components
 
     pipe = load_pipeline(base, lora, torch.device("cpu"))
-    pipe.fuse_lora(lora_scale=1.0)
+    pipe.fuse_lora(components=lora_components(pipe), lora_scale=1.0)  # the text encoder's LoRA too, if any
     pipe.unload_lora_weights()  # keeps the fused weights, drops the adapter modules
     with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)

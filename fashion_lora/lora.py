@@ -1,4 +1,5 @@
-"""LoRA on the UNet: attach (peft), keep fp32, save in diffusers layout, load, kohya export."""
+"""LoRA on the UNet (and the text encoder): attach (peft), keep fp32, save in diffusers layout,
+load, kohya export."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Optional
 import torch
 
 from .base import check_base_dir
-from .params import LoraParams
+from .params import LoraParams, TextEncoderLoraParams
 from .utils import UserError, canonicalize_safetensors
 
 log = logging.getLogger(__name__)
@@ -19,62 +20,80 @@ LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 KOHYA_WEIGHTS = "fashion_lora_kohya.safetensors"
 
 
-def lora_config(lora: LoraParams):
+def lora_config(lora: LoraParams | TextEncoderLoraParams):
     from peft import LoraConfig
 
     # Default peft init (B = 0): the adapter starts as an exact no-op on the base.
     return LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                      target_modules=list(lora.target_modules), init_lora_weights=True, use_dora=lora.use_dora)
+                      target_modules=list(lora.target_modules), init_lora_weights=True,
+                      use_dora=getattr(lora, "use_dora", False))
 
 
-def attach_lora(unet, lora: LoraParams):
-    """Freeze the UNet, add the LoRA adapter, and check that only `lora_` params train."""
-    unet.requires_grad_(False)
+def attach_lora(model, lora: LoraParams | TextEncoderLoraParams, key: str = "train.lora"):
+    """Freeze `model` (the UNet, or the text encoder with `key` train.text_encoder_lora), add the
+    LoRA adapter, and check that only `lora_` params train and every target matched."""
+    model.requires_grad_(False)
     cfg = lora_config(lora)
-    unet.add_adapter(cfg)
-    trainable = [n for n, q in unet.named_parameters() if q.requires_grad]
+    model.add_adapter(cfg)
+    trainable = [n for n, q in model.named_parameters() if q.requires_grad]
     bad = [n for n in trainable if "lora_" not in n]
     if bad or not trainable:
         raise RuntimeError(f"LoRA setup error: trainable non-LoRA params {bad[:3]} (of {len(trainable)})")
     targeted = {n.rsplit(".lora_", 1)[0] for n in trainable}
     missing = [t for t in lora.target_modules if not any(m == t or m.endswith("." + t) for m in targeted)]
     if missing:
-        raise UserError(f"train.lora.target_modules: {missing} match no module of this UNet")
+        raise UserError(f"{key}.target_modules: {missing} match no module of this {type(model).__name__}")
     return cfg
 
 
-def keep_lora_fp32(unet) -> None:
+def keep_lora_fp32(model) -> None:
     """With a half-precision base, LoRA params stay fp32 (else GradScaler cannot unscale them)."""
-    for parameter in unet.parameters():
+    for parameter in model.parameters():
         if parameter.requires_grad:
             parameter.data = parameter.data.float()
 
 
-def lora_state(unet) -> dict[str, torch.Tensor]:
+def lora_state(model) -> dict[str, torch.Tensor]:
     from peft import get_peft_model_state_dict
 
     # A copy, never a view: the caller may keep it (best adapter) while training goes on.
     return {k: v.detach().to("cpu", torch.float32, copy=True).contiguous()
-            for k, v in get_peft_model_state_dict(unet).items()}
+            for k, v in get_peft_model_state_dict(model).items()}
 
 
-def save_lora(unet, cfg, out_dir: Path, state: Optional[dict] = None) -> Path:
-    """Write `pytorch_lora_weights.safetensors` in the layout `load_lora_weights(dir)` reads.
+def save_lora(out_dir: Path, states: dict[str, dict[str, torch.Tensor]], configs: dict) -> Path:
+    """Write `pytorch_lora_weights.safetensors` in the layout `load_lora_weights(dir)` reads:
+    `states` and `configs` by pipeline component ("unet", and "text_encoder" when it trained;
+    diffusers prefixes each key with its component).
 
-    The LoRA config (rank, alpha, targets) goes into the file's metadata: without it diffusers
+    Each LoRA config (rank, alpha, targets) goes into the file's metadata: without it diffusers
     assumes alpha == rank and would scale a rank-12/alpha-24 adapter by half.
     """
     from diffusers import StableDiffusionPipeline
 
+    def meta(component: str) -> Optional[dict]:
+        if component not in states:
+            return None
+        # peft keeps target_modules as a set: sort it, or the metadata (and the file hash) would
+        # change with Python's string hash seed.
+        return {k: sorted(v) if isinstance(v, set) else v for k, v in configs[component].to_dict().items()}
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    # peft keeps target_modules as a set: sort it, or the metadata (and the file hash) would
-    # change with Python's string hash seed.
-    meta = {k: sorted(v) if isinstance(v, set) else v for k, v in cfg.to_dict().items()}
     StableDiffusionPipeline.save_lora_weights(
-        out_dir, unet_lora_layers=state if state is not None else lora_state(unet),
-        unet_lora_adapter_metadata=meta, safe_serialization=True)
+        out_dir, unet_lora_layers=states["unet"], text_encoder_lora_layers=states.get("text_encoder"),
+        unet_lora_adapter_metadata=meta("unet"), text_encoder_lora_adapter_metadata=meta("text_encoder"),
+        safe_serialization=True)
     canonicalize_safetensors(out_dir / LORA_WEIGHTS)
     return out_dir / LORA_WEIGHTS
+
+
+def lora_components(pipe) -> list[str]:
+    """The pipeline components that carry a LoRA: the UNet, and the text encoder when it trained
+    too (what fuse_lora/unfuse_lora must touch)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return [c for c in ("unet", "text_encoder")
+            if any(isinstance(m, BaseTunerLayer) for m in getattr(pipe, c).modules())]
 
 
 def check_lora_file(path: Path) -> Path:
@@ -109,12 +128,17 @@ def load_pipeline(base_dir: Path, lora: Optional[Path], device: torch.device,
         file = check_lora_file(lora)
         pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name="fashion")
     pipe.unet.eval()  # LoRA dropout would otherwise stay active at inference
+    pipe.text_encoder.eval()
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
+KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_"}
+
+
 def kohya_state(diffusers_file: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Convert our diffusers LoRA file to kohya keys (`lora_unet_*.lora_down/.lora_up/.alpha`).
+    """Convert our diffusers LoRA file to kohya keys (`lora_unet_*` and, when the text encoder
+    trained, `lora_te_*`, each with `.lora_down/.lora_up/.alpha`).
 
     The alpha written per module is the adapter's true alpha from the file's metadata (the
     stock converter writes alpha = rank, which rescales any adapter trained with alpha != rank).
@@ -127,21 +151,33 @@ def kohya_state(diffusers_file: Path) -> tuple[dict[str, torch.Tensor], dict[str
     if any("lora_magnitude_vector" in k for k in tensors):
         raise UserError(f"{diffusers_file}: a DoRA adapter (train.lora.use_dora) has magnitude vectors the kohya "
                         "LoRA format cannot hold; use the diffusers file or `python -m fashion_lora export fused`")
-    # diffusers stores the peft config with each key prefixed by the component ("unet.r").
-    cfg = {k.removeprefix("unet."): v for k, v in json.loads(meta.get("lora_adapter_metadata", "{}")).items()}
-    if "lora_alpha" not in cfg:
-        raise UserError(f"{diffusers_file}: no LoRA metadata (lora_alpha); re-save it with the train stage")
-    alpha_pattern = cfg.get("alpha_pattern") or {}
+    # diffusers stores each component's peft config with its keys prefixed ("unet.r", "text_encoder.r").
+    stored = json.loads(meta.get("lora_adapter_metadata", "{}"))
     out: dict[str, torch.Tensor] = {}
-    for key, t in tensors.items():
-        if not key.endswith(".lora_A.weight"):
+    configs = {}
+    for component, prefix in KOHYA_PREFIX.items():
+        keys = [k for k in tensors if k.startswith(component + ".") and k.endswith(".lora_A.weight")]
+        if not keys:
             continue
-        module = key.removeprefix("unet.").removesuffix(".lora_A.weight")
-        name = "lora_unet_" + module.replace(".", "_")
-        out[f"{name}.lora_down.weight"] = t
-        out[f"{name}.lora_up.weight"] = tensors[key.replace(".lora_A.", ".lora_B.")]
-        alpha = next((v for pat, v in alpha_pattern.items() if module.endswith(pat)), cfg["lora_alpha"])
-        out[f"{name}.alpha"] = torch.tensor(float(alpha))
-    meta_out = {"ss_network_module": "networks.lora", "ss_network_dim": str(cfg.get("r")),
-                "ss_network_alpha": str(cfg["lora_alpha"]), "ss_base_model_version": "sd_v1"}
+        cfg = {k.removeprefix(component + "."): v for k, v in stored.items() if k.startswith(component + ".")}
+        if "lora_alpha" not in cfg:
+            raise UserError(f"{diffusers_file}: no LoRA metadata ({component} lora_alpha); re-save it with the train stage")
+        configs[component] = cfg
+        alpha_pattern = cfg.get("alpha_pattern") or {}
+        for key in keys:
+            module = key.removeprefix(component + ".").removesuffix(".lora_A.weight")
+            # kohya names CLIP's modules in its classic layout (text_model.encoder.layers...), which
+            # transformers 5 flattened to encoder.layers...; A1111 and ComfyUI look up the classic one.
+            kohya_module = "text_model." + module if component == "text_encoder" and not module.startswith(
+                "text_model.") else module
+            name = prefix + kohya_module.replace(".", "_")
+            out[f"{name}.lora_down.weight"] = tensors[key]
+            out[f"{name}.lora_up.weight"] = tensors[key.replace(".lora_A.", ".lora_B.")]
+            alpha = next((v for pat, v in alpha_pattern.items() if module.endswith(pat)), cfg["lora_alpha"])
+            out[f"{name}.alpha"] = torch.tensor(float(alpha))
+    if "unet" not in configs:
+        raise UserError(f"{diffusers_file}: no UNet LoRA tensors (keys 'unet....lora_A.weight') to export")
+    unet = configs["unet"]
+    meta_out = {"ss_network_module": "networks.lora", "ss_network_dim": str(unet.get("r")),
+                "ss_network_alpha": str(unet["lora_alpha"]), "ss_base_model_version": "sd_v1"}
     return out, meta_out

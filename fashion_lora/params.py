@@ -211,6 +211,16 @@ class LoraParams:
 
 
 @dataclass(frozen=True)
+class TextEncoderLoraParams:
+    enabled: bool  # LoRA on the CLIP text encoder too; its embeddings are then computed every step
+    rank: int = limits(ge=1)
+    alpha: float = limits(gt=0)
+    dropout: float = limits(ge=0, lt=1)
+    target_modules: list[str] = limits(nonempty=True)  # CLIP: q_proj, k_proj, v_proj, out_proj, fc1, fc2
+    learning_rate: Optional[float] = limits(gt=0)  # null = train.learning_rate; the same schedule either way
+
+
+@dataclass(frozen=True)
 class EmaParams:
     enabled: bool  # validation, best-by-val, the saved adapter and evaluate use the moving average
     decay: float = limits(gt=0, lt=1)
@@ -284,6 +294,7 @@ class TrainParams:
     sync_every: int = limits(ge=1)  # steps between reads of the loss from the GPU (each step is still logged)
     data_on_device: bool  # train latents on the GPU when they fit (else host memory, copied per step)
     lora: LoraParams
+    text_encoder_lora: TextEncoderLoraParams
     ema: EmaParams  # exponential moving average of the LoRA weights
     augment: LatentAugment
     captions: CaptionAugment

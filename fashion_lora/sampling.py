@@ -18,22 +18,25 @@ from .params import GenerateParams
 def lora_enabled(pipe, enabled: bool, fuse: bool = False) -> Iterator[None]:
     """Run the block with the pipeline's LoRA on or off (same weights, same seeds).
 
-    `fuse` merges the LoRA into the UNet weights for the block (no extra matmuls per layer);
-    leaving the block subtracts it again, which restores the base only up to rounding, so
-    callers draw their base images first.
+    `fuse` merges the LoRA into the weights of the UNet (and of the text encoder when it has
+    one) for the block (no extra matmuls per layer); leaving the block subtracts it again, which
+    restores the base only up to rounding, so callers draw their base images first.
     """
+    from .lora import lora_components
+
+    components = lora_components(pipe)
     reset_cuda_graphs(pipe.unet)  # graphs recorded the other LoRA state's kernels
     if enabled:
         pipe.enable_lora()
         if fuse:
-            pipe.fuse_lora(components=["unet"], lora_scale=1.0)
+            pipe.fuse_lora(components=components, lora_scale=1.0)
     else:
         pipe.disable_lora()
     try:
         yield
     finally:
         if enabled and fuse:
-            pipe.unfuse_lora(components=["unet"])
+            pipe.unfuse_lora(components=components)
         pipe.enable_lora()
         reset_cuda_graphs(pipe.unet)
 

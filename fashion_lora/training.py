@@ -26,7 +26,8 @@ import torch
 
 from . import diffusion
 from .base import Base, load_base, vae_scale_factor
-from .latents import LatentGroups, load_latents, read_index
+from .buckets import bucket_name
+from .latents import LatentGroups, load_latents
 from .lr_schedule import lr_factor
 from .lora import attach_lora, keep_lora_fp32, lora_state
 from .params import Params, TrainParams, to_dict
@@ -121,24 +122,28 @@ class LatentBatches:
 
 
 class TextEmbeddings:
-    """Frozen text-encoder outputs by caption row, cached when all distinct rows fit in
-    `limit_bytes` (templated fashion captions repeat a lot); computed per batch otherwise.
-    The encoder is frozen and in eval mode, so a cached embedding equals a recomputed one."""
+    """Text-encoder outputs by caption row. A frozen encoder's (eval mode, so a cached embedding
+    equals a recomputed one) are cached when all distinct rows fit in `limit_bytes` (templated
+    fashion captions repeat a lot), computed per batch otherwise; an encoder that `trains`
+    (train.text_encoder_lora) runs on every batch with gradients."""
 
-    def __init__(self, text_encoder, token_ids: torch.Tensor, device: torch.device, limit_bytes: int = 1 << 30):
-        self.encoder, self.token_ids, self.device = text_encoder, token_ids, device
+    def __init__(self, text_encoder, token_ids: torch.Tensor, device: torch.device, limit_bytes: int = 1 << 30,
+                 trains: bool = False):
+        self.encoder, self.token_ids, self.device, self.trains = text_encoder, token_ids, device, trains
         uniq, self.inverse = torch.unique(token_ids, dim=0, return_inverse=True)
         dtype = next(text_encoder.parameters()).dtype
         size = len(uniq) * token_ids.shape[1] * text_encoder.config.hidden_size * dtype.itemsize
-        self.table = diffusion.encode_text(text_encoder, uniq).to(device) if size <= limit_bytes else None
+        cache = size <= limit_bytes and not trains
+        self.table = diffusion.encode_text(text_encoder, uniq).to(device) if cache else None
         log.info("text embeddings: %d distinct captions of %d rows, %s", len(uniq), len(token_ids),
-                 f"cached ({size / 2**20:.1f} MiB)" if self.table is not None else "computed per step")
+                 f"cached ({size / 2**20:.1f} MiB)" if cache else
+                 "computed every step (the text encoder trains)" if trains else "computed per step")
 
-    @torch.no_grad()
     def __call__(self, rows: torch.Tensor) -> torch.Tensor:
         if self.table is not None:
             return self.table[to_device(self.inverse[rows], self.device)]
-        return self.encoder(to_device(self.token_ids[rows], self.device))[0]
+        with torch.set_grad_enabled(self.trains):
+            return self.encoder(to_device(self.token_ids[rows], self.device))[0]
 
 
 # ----------------------------------------------------------------------------- state
@@ -228,16 +233,30 @@ class Model:
     base: Base
     unet: Any  # as prepared by accelerate (wrapped in DDP when there are several processes)
     raw_unet: Any  # the plain peft UNet: validation, samples, checkpoints, saving
-    lora_config: Any
-    lora_params: list
+    lora_configs: dict[str, Any]  # peft configs by pipeline component: "unet" (+ "text_encoder")
+    lora_params: list  # every trained tensor: the UNet's LoRA, then the text encoder's
     optimizer: Any  # accelerate's wrapper; `.optimizer` is the torch one
     lr_scheduler: Any
     system: dict
     ema: Optional[LoraEMA] = None  # train.ema.enabled
+    text_encoder: Any = None  # prepared by accelerate, with its LoRA (train.text_encoder_lora); None: frozen
 
     def eval_weights(self):
         """The weights validation, selection and saving use: the moving average when it is on."""
         return self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+
+    def adapters(self) -> dict[str, Any]:
+        """The plain models that carry a LoRA, by pipeline component."""
+        return {"unet": self.raw_unet, **({"text_encoder": self.base.text_encoder} if self.text_encoder is not None else {})}
+
+    def adapter_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Copies of the LoRA weights by component (what checkpoints hold and `save_lora` writes)."""
+        return {component: lora_state(m) for component, m in self.adapters().items()}
+
+    def train_mode(self, on: bool) -> None:
+        """Train (LoRA dropout on) or eval mode for every model with a LoRA."""
+        for m in self.adapters().values():
+            m.train(on)
 
 
 @dataclass
@@ -247,7 +266,8 @@ class Data:
     batches: "LatentBatches"
     text: "TextEmbeddings"
     val_latents: list[torch.Tensor]  # one [C, h, w] per val item (buckets may differ)
-    val_encoder_hidden_states: torch.Tensor
+    val_encoder_hidden_states: torch.Tensor  # of the base encoder; recomputed per validation when it trains
+    val_ids: torch.Tensor  # val captions' token ids
     val_plan: diffusion.FixedEval
     val_truncated: int
     sample_size: tuple[int, int]  # (height, width) in pixels of the most common train bucket; 0 without a VAE
@@ -257,7 +277,7 @@ class Data:
 class RunState:
     early: EarlyStop
     step: int = 0
-    best_lora: Optional[dict] = None
+    best_lora: Optional[dict] = None  # the best adapter's weights by component (Model.adapter_state)
     history: list[dict] = field(default_factory=list)
 
 
@@ -293,20 +313,21 @@ def fingerprint(params: Params, latent_dir: Path, base_dir: Path, processes: int
 
     unet_dir = base_dir / "unet"
     code_dir = Path(__file__).parent
+    index = (latent_dir / "index.json").read_bytes()
     return {
         "params": json.dumps({"seed": params.seed, "train": to_dict(params.train)}, sort_keys=True),
         "processes": str(processes),
-        "latents": digest((latent_dir / "index.json").read_bytes()),
-        "buckets": json.dumps(bucket_settings(latent_dir), sort_keys=True),
+        "latents": digest(index),
+        "buckets": json.dumps(bucket_settings(json.loads(index)["meta"]), sort_keys=True),
         "base": digest((unet_dir / "config.json").read_bytes(),
                        str(sorted((f.name, f.stat().st_size) for f in unet_dir.iterdir())).encode()),
         "code": digest(*((code_dir / f"{m}.py").read_bytes() for m in TRAIN_CODE)),
     }
 
 
-def bucket_settings(latent_dir: Path) -> dict:
-    """How the latents were sized (precompute.shape, bucket_size, resolution, crop, the buckets)."""
-    meta = read_index(latent_dir)["meta"]
+def bucket_settings(meta: dict) -> dict:
+    """How the latents were sized (precompute.shape, bucket_size, resolution, crop, the buckets),
+    from the latent index's meta."""
     return {k: meta.get(k) for k in ("shape", "bucket_size", "resolution", "crop", "buckets")}
 
 
@@ -368,8 +389,8 @@ def mixed_precision_for(train_params: TrainParams, device: torch.device) -> str:
 
 
 def make_optimizer(params: list, train_params: TrainParams, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW over the LoRA params (one fused kernel on CUDA instead of several per tensor);
-    `adamw8bit` uses bitsandbytes' 8-bit states (GPU memory)."""
+    """AdamW over the LoRA params or param groups (one fused kernel on CUDA instead of several
+    per tensor); `adamw8bit` uses bitsandbytes' 8-bit states (GPU memory)."""
     kw = dict(lr=train_params.learning_rate, betas=tuple(train_params.betas), weight_decay=train_params.weight_decay)
     if train_params.optimizer == "adamw":
         return torch.optim.AdamW(params, **kw, fused=True if device.type == "cuda" else None)
@@ -446,18 +467,33 @@ def setup_model(params: Params, base_dir: Path) -> Model:
     n_trainable, n_total = sum(q.numel() for q in lora_params), sum(q.numel() for q in unet.parameters())
     log.info("trainable LoRA params: %d of %d UNet params (%.2f%%)", n_trainable, n_total,
              100 * n_trainable / n_total)
+    configs = {"unet": cfg}
+    groups = [{"params": lora_params}]
+    te = train_params.text_encoder_lora
+    if te.enabled:  # attached after the UNet's, so the UNet's LoRA draws the same numbers either way
+        configs["text_encoder"] = attach_lora(base.text_encoder, te, "train.text_encoder_lora")
+        keep_lora_fp32(base.text_encoder)
+        text_params = [q for q in base.text_encoder.parameters() if q.requires_grad]
+        groups.append({"params": text_params, "lr": te.learning_rate or train_params.learning_rate})
+        log.info("text encoder LoRA: %d trainable params (lr %g)", sum(q.numel() for q in text_params),
+                 groups[1]["lr"])
 
-    optimizer = make_optimizer(lora_params, train_params, device)
+    optimizer = make_optimizer(groups, train_params, device)
     unet = compile_unet(unet, train_params.compile, train_params.cuda_graphs)
     min_ratio = train_params.min_lr / train_params.learning_rate
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
         s, train_params.warmup_steps, train_params.cosine_period, train_params.restart_mult, min_ratio))
     # The LR scheduler is stepped by hand once per optimizer step (accelerate would step it
     # once per process).
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    ema = LoraEMA(lora_params, train_params.ema.decay, train_params.ema.warmup) if train_params.ema.enabled else None
-    return Model(accelerator, device, weight_dtype, base, unet, accelerator.unwrap_model(unet), cfg, lora_params,
-                 optimizer, lr_scheduler, info, ema)
+    text_encoder = None
+    if te.enabled:
+        unet, text_encoder, optimizer = accelerator.prepare(unet, base.text_encoder, optimizer)
+    else:
+        unet, optimizer = accelerator.prepare(unet, optimizer)
+    trained = [q for g in groups for q in g["params"]]
+    ema = LoraEMA(trained, train_params.ema.decay, train_params.ema.warmup) if train_params.ema.enabled else None
+    return Model(accelerator, device, weight_dtype, base, unet, accelerator.unwrap_model(unet), configs, trained,
+                 optimizer, lr_scheduler, info, ema, text_encoder)
 
 
 def setup_data(params: Params, model: Model, latent_dir: Path) -> Data:
@@ -478,7 +514,9 @@ def setup_data(params: Params, model: Model, latent_dir: Path) -> Data:
             train = train.to(model.device)
     batches = LatentBatches(train, [it["caption"] for it in train.items], base.tokenizer, params.train,
                             params.seed, accelerator.process_index, accelerator.num_processes)
-    text = TextEmbeddings(base.text_encoder, batches.token_ids, model.device)
+    trains_text = model.text_encoder is not None
+    text = TextEmbeddings(model.text_encoder if trains_text else base.text_encoder, batches.token_ids, model.device,
+                          trains=trains_text)
     val_ids, val_truncated = diffusion.tokenize(base.tokenizer, [it["caption"] for it in val.items])
     val_encoder_hidden_states = diffusion.encode_text(base.text_encoder, val_ids).float().cpu()
     val_latents = val.per_item()
@@ -494,12 +532,12 @@ def setup_data(params: Params, model: Model, latent_dir: Path) -> Data:
     top = max(range(len(train.tensors)), key=lambda g: train.sizes[g])
     factor = vae_scale_factor(base.vae) if base.vae else 0
     size = (train.tensors[top].shape[-2] * factor, train.tensors[top].shape[-1] * factor)
-    return Data(batches, text, val_latents, val_encoder_hidden_states, plan, val_truncated, size)
+    return Data(batches, text, val_latents, val_encoder_hidden_states, val_ids, plan, val_truncated, size)
 
 
 def _bucket_sizes(groups: LatentGroups) -> str:
     """'64x96: 1700, 96x64: 12' (pixels at the VAE's 8x; the latent shape x 8)."""
-    return ", ".join(f"{it['bucket'][0]}x{it['bucket'][1]}: {n}" if "bucket" in it else f"{tuple(t.shape[1:])}: {n}"
+    return ", ".join(f"{bucket_name(it['bucket'])}: {n}" if "bucket" in it else f"{tuple(t.shape[1:])}: {n}"
                      for t, n, it in zip(groups.tensors, groups.sizes, [groups.items[o] for o in groups.offsets]))
 
 
@@ -537,7 +575,7 @@ def save_checkpoint(path: Path, run: Run, fp: dict[str, str], live_dir: Path) ->
     model, state = run.model, run.state
     scaler = model.accelerator.scaler
     ckpt = {
-        "fingerprint": json.dumps(fp, sort_keys=True), "step": state.step, "lora": lora_state(model.raw_unet),
+        "fingerprint": json.dumps(fp, sort_keys=True), "step": state.step, "lora": model.adapter_state(),
         "best_lora": state.best_lora or {}, "optimizer": model.optimizer.optimizer.state_dict(),
         "lr_scheduler": model.lr_scheduler.state_dict(),  # lambdas are stored as None: code is never pickled
         "scaler": scaler.state_dict() if scaler is not None else {},
@@ -562,7 +600,8 @@ def restore_checkpoint(path: Path, run: Run, fp: dict[str, str]) -> Optional[dic
     if ckpt is None:
         return None
     model, state = run.model, run.state
-    _set_lora(model.raw_unet, ckpt["lora"])
+    for component, m in model.adapters().items():
+        _set_lora(m, ckpt["lora"][component])
     model.optimizer.optimizer.load_state_dict(ckpt["optimizer"])
     model.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
     scaler = model.accelerator.scaler
@@ -621,21 +660,23 @@ def log_validation(run: Run, step: int) -> dict:
     tracks the best adapter and early stopping."""
     model, data, state, train_params = run.model, run.data, run.state, run.params.train
     unet = model.raw_unet
-    unet.eval()
+    model.train_mode(False)
     with model.eval_weights():
         with model.accelerator.autocast():  # a half-precision base with fp32 LoRA needs autocast on GPU
+            encoder_hidden_states = (data.val_encoder_hidden_states if model.text_encoder is None else
+                                     diffusion.encode_text(model.base.text_encoder, data.val_ids).float().cpu())
             mse, mae = diffusion.eval_losses(unet, model.base.noise_scheduler, data.val_latents,
-                                             data.val_encoder_hidden_states, data.val_plan,
+                                             encoder_hidden_states, data.val_plan,
                                              batch_size=max(train_params.batch_size, 16),
                                              desc="validation (base model)" if step == 0 else None)
         metrics = diffusion.summarize(mse, mae)
         improved = state.early.update(metrics["mse"], step)
         if improved:
-            state.best_lora = lora_state(unet)
+            state.best_lora = model.adapter_state()
         if run.live is not None and train_params.samples.every and len(state.history) % train_params.samples.every == 0:
             with model.accelerator.autocast():
                 _log_sample(run.live, model.base, unet, train_params, data.sample_size, step)
-    unet.train()
+    model.train_mode(True)
     state.history.append({"step": step, **metrics})
     if run.live is not None:
         run.live.step = step
@@ -713,7 +754,7 @@ def training_loop(run: Run, out: Outputs, ckpt_path: Path, fp: dict[str, str]) -
     t_start = time.perf_counter()
     bar = tqdm(total=train_params.max_steps, initial=state.step, desc="train", unit="step",
                disable=not accelerator.is_main_process, mininterval=1.0)
-    model.raw_unet.train()
+    model.train_mode(True)
     grad_norm = torch.zeros((), device=model.device)
     pending: list[tuple[int, torch.Tensor, torch.Tensor, float]] = []  # (step, loss, grad norm, lr) unread
     while state.step < train_params.max_steps and not state.early.stop:
@@ -729,9 +770,9 @@ def training_loop(run: Run, out: Outputs, ckpt_path: Path, fp: dict[str, str]) -
             noise, t = to_device(noise, model.device).to(model.weight_dtype), to_device(t, model.device)
             if train_params.cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()  # the previous step's graph outputs may be reused
-            with accelerator.accumulate(unet):
-                encoder_hidden_states = data.text(rows)
-                with accelerator.autocast():
+            with accelerator.accumulate(*[m for m in (unet, model.text_encoder) if m is not None]):
+                with accelerator.autocast():  # (the text encoder's LoRA, when it trains, is fp32 too)
+                    encoder_hidden_states = data.text(rows)
                     loss = diffusion.training_loss(unet, base.noise_scheduler, latents, noise, t,
                                                    encoder_hidden_states, train_params.min_snr_gamma)
                 accelerator.backward(loss)
@@ -813,7 +854,9 @@ def finish(run: Run, out: Outputs, fp: dict[str, str], loop: LoopResult) -> dict
         "base_val": {k: base_val[k] for k in ("mse", "mae", "loss_std")} if base_val else None,
         "trainable_params": sum(q.numel() for q in model.lora_params),
         "unet_params": sum(q.numel() for q in model.raw_unet.parameters()),
-        "lora_modules": len({k.rsplit(".lora_", 1)[0] for k in last}),
+        "lora_modules": sum(len({k.rsplit(".lora_", 1)[0] for k in s}) for s in last.values()),
+        **({"text_encoder_lora_modules": len({k.rsplit(".lora_", 1)[0] for k in last["text_encoder"]})}
+           if "text_encoder" in last else {}),
         # which weights were validated, selected and saved
         "weights": f"moving average (decay {run.params.train.ema.decay})" if model.ema is not None else "trained",
         "truncated_captions": {"train": data.batches.truncated, "val": data.val_truncated},
@@ -834,18 +877,19 @@ def finish(run: Run, out: Outputs, fp: dict[str, str], loop: LoopResult) -> dict
 
 
 def save_adapters(run: Run, out: Outputs) -> dict:
-    """models/lora: the best adapter (diffusers and kohya layouts) and the last one; returns the last."""
+    """models/lora: the best adapter (diffusers and kohya layouts) and the last one, each with the
+    text encoder's LoRA when it trained; returns the last (by component)."""
     from safetensors.torch import save_file
 
     from .lora import KOHYA_WEIGHTS, kohya_state, save_lora
 
     model, state = run.model, run.state
     with model.eval_weights():
-        last = lora_state(model.raw_unet)
+        last = model.adapter_state()
     with atomic_dir(out.lora_dir) as tmp:  # the old adapter stays until the new one is complete
-        best_file = save_lora(model.raw_unet, model.lora_config, tmp, state.best_lora or last)
-        save_lora(model.raw_unet, model.lora_config, tmp / "last", last)
-        if model.lora_config.use_dora:
+        best_file = save_lora(tmp, state.best_lora or last, model.lora_configs)
+        save_lora(tmp / "last", last, model.lora_configs)
+        if model.lora_configs["unet"].use_dora:
             log.info("no %s: the kohya LoRA format cannot hold DoRA's magnitude vectors", KOHYA_WEIGHTS)
         else:
             kohya, meta = kohya_state(best_file)

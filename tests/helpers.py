@@ -130,12 +130,13 @@ def render_offline(page: Path) -> str:
 
 
 def train_params(**train_kw) -> Params:
-    """SMALL params with `train.*` overrides (`lora={...}` for train.lora.*)."""
+    """SMALL params with `train.*` overrides (`lora={...}` for train.lora.*, `text_encoder_lora={...}`,
+    `ema={...}` likewise)."""
     p = small_params()
-    lora = train_kw.pop("lora", None)
+    nested = {k: train_kw.pop(k) for k in ("lora", "text_encoder_lora", "ema") if k in train_kw}
     t = replace(p.train, **train_kw)
-    if lora:
-        t = replace(t, lora=replace(t.lora, **lora))
+    for k, v in nested.items():
+        t = replace(t, **{k: replace(getattr(t, k), **v)})
     return replace(p, train=t)
 
 

@@ -73,7 +73,7 @@ def test_saved_adapter_reloads_exactly_with_alpha_not_rank(tmp_path, tiny_base):
     x, t, encoder_hidden_states = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([5, 600]), torch.randn(2, 77, 64, generator=g)
     with torch.no_grad():
         ref = base.unet(x, t, encoder_hidden_states).sample
-    save_lora(base.unet, cfg, tmp_path)
+    save_lora(tmp_path, {"unet": lora_state(base.unet)}, {"unet": cfg})
     pipe = load_pipeline(tiny_base, tmp_path, torch.device("cpu"))
     assert not pipe.unet.training
     with torch.no_grad():
@@ -310,10 +310,11 @@ def test_batches_rows_and_cached_text_embeddings(tiny_base):
 
 def test_bf16_mixed_precision_training_runs_end_to_end(tmp_path, tiny_base, latent_dir):
     """The mixed-precision code path (half base, fp32 LoRA, autocast in train and validation),
-    exercised on CPU with bf16 since fp16 needs a GPU."""
-    report = train(train_params(device="cpu", mixed_precision="bf16", max_steps=6, val_every=3), tiny_base, latent_dir,
-                   outputs(tmp_path))
-    assert report["system"]["mixed_precision"] == "bf16"
+    exercised on CPU with bf16 since fp16 needs a GPU; the text encoder's LoRA (a half encoder
+    run under autocast every step) too."""
+    report = train(train_params(device="cpu", mixed_precision="bf16", max_steps=6, val_every=3,
+                                text_encoder_lora={"enabled": True}), tiny_base, latent_dir, outputs(tmp_path))
+    assert report["system"]["mixed_precision"] == "bf16" and report["text_encoder_lora_modules"] == 8
     assert all(math.isfinite(h["mse"]) for h in report["val_history"])
     from safetensors.torch import load_file
 
@@ -475,7 +476,7 @@ def test_ema_resume_is_bit_exact_and_the_average_is_what_is_saved(tmp_path, tiny
         assert (tmp_path / "full/lora" / rel).read_bytes() == (tmp_path / "cut/lora" / rel).read_bytes(), rel
     ckpt = torch.load(tmp_path / "full/ckpt/checkpoint.pt", weights_only=True)
     last = list(load_file(tmp_path / f"full/lora/last/{LORA_WEIGHTS}").values())
-    shadow, trained = ckpt["ema"]["shadow"], list(ckpt["lora"].values())
+    shadow, trained = ckpt["ema"]["shadow"], list(ckpt["lora"]["unet"].values())
     assert len(last) == len(shadow) and sorted(float(t.sum()) for t in last) == sorted(float(t.sum()) for t in shadow)
     assert sorted(float(t.sum()) for t in last) != sorted(float(t.sum()) for t in trained)
 
