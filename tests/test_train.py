@@ -87,7 +87,8 @@ def test_saved_adapter_reloads_exactly_with_alpha_not_rank(tmp_path, tiny_base):
 
 
 def test_kohya_export_round_trips_through_diffusers(tmp_path, tiny_base, latent_dir):
-    p = train_params(max_steps=6, val_every=3, lora={"rank": 4, "alpha": 8.0})
+    # the UNet's LoRA alone (the text encoder's part: tests/test_text_encoder_lora.py)
+    p = train_params(max_steps=6, val_every=3, lora={"rank": 4, "alpha": 8.0}, text_encoder_lora={"enabled": False})
     train(p, tiny_base, latent_dir, outputs(tmp_path))
     x, t, encoder_hidden_states = torch.randn(2, 4, 8, 8), torch.tensor([5, 600]), torch.randn(2, 77, 64)
     native = load_pipeline(tiny_base, tmp_path / "lora", torch.device("cpu"))
@@ -191,7 +192,8 @@ def test_train_report_and_val_beats_base(tmp_path, tiny_base, latent_dir):
     p = train_params(max_steps=30, val_every=10)
     report = train(p, tiny_base, latent_dir, outputs(tmp_path))
     assert report["best_val"]["mse"] < report["base_val"]["mse"]
-    assert report["trainable_params"] > 0 and report["lora_modules"] == 92
+    assert report["trainable_params"] > 0 and report["lora_modules"] == 92 + 8  # UNet + text encoder (default)
+    assert report["text_encoder_lora_modules"] == 8
     summary = json.loads((tmp_path / "live/metrics.json").read_text())
     assert summary["steps"] == 30
     assert len((tmp_path / "live/plots/metrics/train/loss.tsv").read_text().splitlines()) == 31
