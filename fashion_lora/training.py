@@ -131,8 +131,9 @@ class TextEmbeddings:
                  trains: bool = False):
         self.encoder, self.token_ids, self.device, self.trains = text_encoder, token_ids, device, trains
         uniq, self.inverse = torch.unique(token_ids, dim=0, return_inverse=True)
-        dtype = next(text_encoder.parameters()).dtype
-        size = len(uniq) * token_ids.shape[1] * text_encoder.config.hidden_size * dtype.itemsize
+        plain = getattr(text_encoder, "module", text_encoder)  # a training encoder may be wrapped in DDP
+        dtype = next(plain.parameters()).dtype
+        size = len(uniq) * token_ids.shape[1] * plain.config.hidden_size * dtype.itemsize
         cache = size <= limit_bytes and not trains
         self.table = diffusion.encode_text(text_encoder, uniq).to(device) if cache else None
         log.info("text embeddings: %d distinct captions of %d rows, %s", len(uniq), len(token_ids),

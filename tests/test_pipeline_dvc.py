@@ -274,14 +274,15 @@ def test_editing_stage_code_reruns_it(repo):
 
 
 def test_two_process_training_gives_one_adapter(repo):
-    """torchrun starts 2 CPU processes (gloo); Accelerator trains with DDP; one adapter results."""
+    """torchrun starts 2 CPU processes (gloo); Accelerator trains with DDP (the UNet and, by
+    default, the text encoder, each wrapped); one adapter with both parts results."""
     torchrun = str(Path(sys.executable).parent / "torchrun")
     run([torchrun, "--nproc_per_node", "2", "-m", "stages.train"], repo)
     report = json.loads((repo / "reports/train_report.json").read_text())
     assert report["system"]["processes"] == 2 and report["steps"] == SMALL["train.max_steps"]
-    assert report["best_val"]["mse"] < report["base_val"]["mse"]
-    from fashion_lora.lora import load_pipeline
+    assert report["best_val"]["mse"] < report["base_val"]["mse"] and report["text_encoder_lora_modules"] == 8
+    from fashion_lora.lora import load_pipeline, lora_components
     import torch
 
     pipe = load_pipeline(repo / "models/base", repo / "models/lora", torch.device("cpu"))
-    assert pipe.unet is not None
+    assert lora_components(pipe) == ["unet", "text_encoder"]
