@@ -142,7 +142,6 @@ def band_means(values: torch.Tensor, timesteps: torch.Tensor, bands: int, num_ti
 
 
 @torch.no_grad()
-@torch.no_grad()
 def encode_text(text_encoder, input_ids: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Last hidden states of the text encoder (what SD's UNet cross-attends to), without gradients."""
     device = next(text_encoder.parameters()).device

@@ -267,7 +267,7 @@ class Data:
     batches: "LatentBatches"
     text: "TextEmbeddings"
     val_latents: list[torch.Tensor]  # one [C, h, w] per val item (buckets may differ)
-    val_encoder_hidden_states: torch.Tensor  # of the base encoder; recomputed per validation when it trains
+    val_encoder_hidden_states: Optional[torch.Tensor]  # of the frozen encoder; None when it trains
     val_ids: torch.Tensor  # val captions' token ids
     val_plan: diffusion.FixedEval
     val_truncated: int
@@ -519,7 +519,8 @@ def setup_data(params: Params, model: Model, latent_dir: Path) -> Data:
     text = TextEmbeddings(model.text_encoder if trains_text else base.text_encoder, batches.token_ids, model.device,
                           trains=trains_text)
     val_ids, val_truncated = diffusion.tokenize(base.tokenizer, [it["caption"] for it in val.items])
-    val_encoder_hidden_states = diffusion.encode_text(base.text_encoder, val_ids).float().cpu()
+    # a training encoder is re-encoded at each validation (log_validation)
+    val_encoder_hidden_states = None if trains_text else diffusion.encode_text(base.text_encoder, val_ids).float().cpu()
     val_latents = val.per_item()
     # Validation draws timesteps like training does, so the best checkpoint is chosen by the
     # objective being optimised (evaluate reports the uniform-timestep loss per band).
@@ -846,6 +847,7 @@ def finish(run: Run, out: Outputs, fp: dict[str, str], loop: LoopResult) -> dict
     # The saved adapter is the early-stopping best (an improvement must beat min_delta).
     best = next(h for h in state.history if h["step"] == state.early.best_step)
     steps_run = state.step - loop.steps_at_start
+    modules = {component: len({k.rsplit(".lora_", 1)[0] for k in s}) for component, s in last.items()}
     # Steady speed: without validation, checkpoints and the first step (compilation, warm-up).
     steady = loop.seconds - loop.side_seconds - loop.first_step_seconds
     report = {
@@ -855,9 +857,8 @@ def finish(run: Run, out: Outputs, fp: dict[str, str], loop: LoopResult) -> dict
         "base_val": {k: base_val[k] for k in ("mse", "mae", "loss_std")} if base_val else None,
         "trainable_params": sum(q.numel() for q in model.lora_params),
         "unet_params": sum(q.numel() for q in model.raw_unet.parameters()),
-        "lora_modules": sum(len({k.rsplit(".lora_", 1)[0] for k in s}) for s in last.values()),
-        **({"text_encoder_lora_modules": len({k.rsplit(".lora_", 1)[0] for k in last["text_encoder"]})}
-           if "text_encoder" in last else {}),
+        "lora_modules": sum(modules.values()),
+        **({"text_encoder_lora_modules": modules["text_encoder"]} if "text_encoder" in modules else {}),
         # which weights were validated, selected and saved
         "weights": f"moving average (decay {run.params.train.ema.decay})" if model.ema is not None else "trained",
         "truncated_captions": {"train": data.batches.truncated, "val": data.val_truncated},
