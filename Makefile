@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup demo test test-fast bench plots-template
+.PHONY: setup demo lint test test-fast bench plots-template
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -32,8 +32,12 @@ plots-template:
 demo: setup
 	dvc repro
 
-test: setup
+# ruff (pinned in requirements.txt, rules in pyproject.toml) runs first: a lint error fails the tests.
+lint: setup
+	ruff check .
+
+test: lint
 	pytest
 
-test-fast: setup
+test-fast: lint
 	pytest -m "not slow"

@@ -21,14 +21,14 @@ import torch
 
 from benchmarks.common import stats, timed, write
 from fashion_lora import synthetic
-from fashion_lora.base import load_base, provision_base
+from fashion_lora.base import load_base
 from fashion_lora.buckets import buckets_for
 from fashion_lora.filtering import filter_entries
 from fashion_lora.images import prepare, to_vae_input
 from fashion_lora.latents import encode, iter_chunks
 from fashion_lora.params import load_params
+from fashion_lora.provision import provision_base
 from fashion_lora.utils import setup_logging
-
 
 TINY_STEP = 32  # the tiny base's bucket step (tests/test_buckets.py checks it)
 

@@ -86,7 +86,8 @@ class Bench:
 
 # ----------------------------------------------------------------------------- setup
 def build_base(root: Path, smoke: bool) -> Path:
-    from fashion_lora.base import build_sd15_random, provision_base
+    from fashion_lora.provision import provision_base
+    from fashion_lora.sd15 import build_sd15_random
 
     out = root / "base"
     if smoke:
@@ -102,9 +103,10 @@ def build_latents(root: Path, latent_side: int, n_train: int, n_val: int, latent
                   name: str = "latents") -> Path:
     """Random latents with real fashion captions, in the precompute stage's format; one bucket of
     `latent_side` wide x `latent_height` (default: square) high."""
+    import random
+
     from fashion_lora.latents import ShardWriter
     from fashion_lora.synthetic import caption_for, random_garments
-    import random
 
     rng = random.Random(0)
     gen = torch.Generator().manual_seed(0)
@@ -138,10 +140,13 @@ def stage_loop(bench: Bench, base_dir: Path, latent_dir: Path, params) -> dict:
     from fashion_lora.buckets import bucket_name
     from fashion_lora.latents import read_index
     from fashion_lora.training import Outputs, train
+    from fashion_lora.utils import raise_recompile_limit
 
+    raise_recompile_limit()  # what the train stage's configure_torch does for train.compile
     work = Path(tempfile.mkdtemp(dir=base_dir.parent))
     try:
-        report = train(params, base_dir, latent_dir, Outputs(work / "lora", work / "live", work / "r.json", work / "ck"))
+        out = Outputs(lora_dir=work / "lora", live_dir=work / "live", checkpoint_dir=work / "ck")
+        report = train(params, base_dir, latent_dir, out)
     finally:
         from accelerate.state import AcceleratorState
 
@@ -161,9 +166,9 @@ def bare_setup(base_dir: Path, params, batch: int, precision: str, device: torch
     """UNet with our LoRA (fp32) on a half-precision base, one resident batch, AdamW."""
     from fashion_lora.base import load_base
     from fashion_lora.lora import attach_lora, keep_lora_fp32
-    from fashion_lora.training import WEIGHT_DTYPES
+    from fashion_lora.precision import dtype_of
 
-    dtype = WEIGHT_DTYPES[precision]
+    dtype = dtype_of(precision)
     base = load_base(base_dir, device, dtype, with_vae=False)
     unet = base.unet
     torch.manual_seed(0)
@@ -183,7 +188,10 @@ def bare_loop(bench: Bench, base_dir: Path, params, batch: int, precision: str =
               steps: int = 30) -> dict:
     """Seconds per step of UNet forward + backward + AdamW on one resident batch: the limit the
     stage's loop is compared with (same LoRA, precision, optimizer and compile)."""
-    from fashion_lora.training import compile_unet
+    from fashion_lora.training.setup import compile_unet
+    from fashion_lora.utils import raise_recompile_limit
+
+    raise_recompile_limit()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cpu":
@@ -269,8 +277,8 @@ def generate_speed(bench: Bench, base_dir: Path, lora_dir: Path, precision: str,
     import numpy as np
 
     from fashion_lora.lora import load_pipeline
+    from fashion_lora.precision import inference_dtype
     from fashion_lora.sampling import lora_enabled, sample_image, use_cuda_graphs
-    from fashion_lora.utils import inference_dtype
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = inference_dtype(precision, device, "precision")
@@ -303,8 +311,9 @@ def precompute_speed(bench: Bench, root: Path, base_dir: Path, params, resolutio
 
     from fashion_lora.base import load_base, model_step
     from fashion_lora.buckets import bucket_name, buckets_for
+    from fashion_lora.precision import inference_dtype
     from fashion_lora.precompute import encode_dataset
-    from fashion_lora.utils import inference_dtype, worker_count
+    from fashion_lora.utils import worker_count
 
     images = root / "jpeg"
     if not images.exists():
@@ -323,11 +332,11 @@ def precompute_speed(bench: Bench, root: Path, base_dir: Path, params, resolutio
                        "image_name": [files[i % len(files)].name for i in range(rows)],
                        "caption": ["a caption"] * rows, "split": ["train"] * rows})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    pre = replace(params.precompute, resolution=resolution, workers=workers, precision=precision, batch_size=batch,
+    settings = replace(params.precompute, resolution=resolution, workers=workers, precision=precision, batch_size=batch,
                   min_side=16, min_sharpness=0.0, shape="buckets", bucket_size="short_side")
     base = load_base(base_dir, device, inference_dtype(precision, device, "precision"))
-    buckets = buckets_for(pre, model_step(base.vae, base.unet))  # 750x1101 -> 512x768 at 512 on SD1.5
-    index, drops, seconds = encode_dataset(df, base.vae, pre, root / "bench-latents", buckets)
+    buckets = buckets_for(settings, model_step(base.vae, base.unet))  # 750x1101 -> 512x768 at 512 on SD1.5
+    index, drops, seconds = encode_dataset(df, base.vae, settings, root / "bench-latents", buckets)
     shutil.rmtree(root / "bench-latents", ignore_errors=True)
     return {"images_per_second": round(rows / seconds, 1), "rows": rows, "encoded": len(index["items"]),
             "workers": worker_count(workers), "precision": precision, "batch_size": batch, "resolution": resolution,

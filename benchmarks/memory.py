@@ -57,7 +57,8 @@ def stage_repo(root: Path, count: int, train_steps: int) -> Path:
 SD15_STEP = """
 import sys, torch
 from fashion_lora import diffusion
-from fashion_lora.base import build_sd15_unet, SD_SCHEDULE
+from fashion_lora.sd15 import build_sd15_unet
+from fashion_lora.tiny import SD_SCHEDULE
 from fashion_lora.lora import attach_lora
 from fashion_lora.params import load_params
 from diffusers import DDPMScheduler

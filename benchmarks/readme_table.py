@@ -1,5 +1,5 @@
-"""Render reports/bench/*.json into the README's Performance table (between the bench markers),
-and the GPU runs kept in reports/gpu/*.json (by `benchmarks/gpu.py`) into its GPU table.
+"""Render reports/bench/*.json into the table of docs/performance.md (between the bench markers),
+and the GPU runs kept in reports/gpu/*.json (by `benchmarks/gpu.py`) into docs/gpu.md.
 
     python -m benchmarks.readme_table        # after running the benchmarks
 """
@@ -10,7 +10,8 @@ import json
 import re
 from pathlib import Path
 
-README = Path("README.md")
+PERFORMANCE = Path("docs/performance.md")
+GPU_DOC = Path("docs/gpu.md")
 BENCH = Path("reports/bench")
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 GPU_RUNS = Path("reports/gpu")  # in git: GPU figures cannot be measured again on the CI machines
@@ -100,19 +101,27 @@ def _result(r: dict) -> str:
 
 
 def gpu_table(runs: list[Path]) -> str:
-    """One table per GPU run file: card, torch, date, then each measurement with its settings."""
+    """The latest figure of every GPU setting: one row per (measurement, settings), taken from the
+    newest run file that measured it (`runs` newest first); older runs stay in reports/gpu/."""
     if not runs:
         return "GPU figures not yet measured: run `python -m benchmarks.gpu` on a GPU (see tools/gpu/)."
-    out = []
+    rows: dict[tuple[str, str], str] = {}
+    measured, sources = set(), []
     for path in runs:
         run = json.loads(path.read_text())
         m = run["machine"]
-        tool = run.get("tool", "benchmarks/gpu.py")
-        out += [f"{m['gpu']}, torch {m['torch']}, {m['date']}, by `{tool}` ([{path.name}]({path})):", "",
-                "| measurement | settings | result |", "|---|---|---|"]
-        out += [f"| {name} | {_settings(r)} | {_result(r)} |" for name, r in run["measurements"].items()]
-        out.append("")
-    return "\n".join(out).rstrip()
+        sources.append(f"- [{path.stem}](../{path}): {m['gpu']}, torch {m['torch']}, {m['date']}, by "
+                       f"`{run.get('tool', 'benchmarks/gpu.py')}`")
+        for name, r in run["measurements"].items():
+            key = (name, _settings(r))
+            skipped = "skipped" in r or "error" in r
+            if key in rows or (skipped and name in measured):
+                continue
+            rows[key] = f"| {name} | {key[1]} | {_result(r)} | {path.stem} |"
+            measured |= set() if skipped else {name}
+    kept = [row for (name, _), row in rows.items() if not (name in measured and "not measured" in row)]
+    return "\n".join(["Runs, newest first:", *sources, "", "| measurement | settings | result | run |",
+                      "|---|---|---|---|", *kept])
 
 
 def _replace(text: str, start: str, end: str, body: str) -> str:
@@ -120,9 +129,9 @@ def _replace(text: str, start: str, end: str, body: str) -> str:
 
 
 def main() -> None:
-    text = _replace(README.read_text(), START, END, table())
+    PERFORMANCE.write_text(_replace(PERFORMANCE.read_text(), START, END, table()))
     gpu = gpu_table(sorted(GPU_RUNS.glob("*.json"), reverse=True))  # newest first
-    README.write_text(_replace(text, GPU_START, GPU_END, gpu))
+    GPU_DOC.write_text(_replace(GPU_DOC.read_text(), GPU_START, GPU_END, gpu))
     print(table())
     print(gpu)
 

@@ -22,12 +22,13 @@ import torch
 
 from benchmarks.common import seconds_per_call, write
 from fashion_lora import diffusion, synthetic
-from fashion_lora.base import load_base, provision_base
+from fashion_lora.base import load_base
 from fashion_lora.filtering import filter_entries, sample_and_split
 from fashion_lora.images import prepare, to_vae_input
 from fashion_lora.latents import ShardWriter, encode, load_latents
 from fashion_lora.lora import attach_lora
 from fashion_lora.params import load_params
+from fashion_lora.provision import provision_base
 from fashion_lora.training import Outputs, train
 from fashion_lora.utils import setup_logging
 
@@ -102,7 +103,7 @@ def ours(base_dir: Path, params, latent_dir: Path, steps: int, work: Path, profi
     """Seconds per step of the real train() loop (validation effectively off), from its report."""
     p = replace(params, train=replace(params.train, max_steps=steps, val_every=10**6, checkpoint_every=10**6))
     shutil.rmtree(work, ignore_errors=True)
-    out = Outputs(work / "lora", work / "live", work / "r.json", work / "ck")
+    out = Outputs(lora_dir=work / "lora", live_dir=work / "live", checkpoint_dir=work / "ck")
     prof = cProfile.Profile() if profile else None
     if prof:
         prof.enable()
@@ -122,7 +123,7 @@ def breakdown(base_dir: Path, params, latent_dir: Path, n: int = 200) -> dict:
     """Milliseconds per step of the parts of our step that the limit does not have."""
     from dvclive import Live
 
-    from fashion_lora.training import LatentBatches, TextEmbeddings
+    from fashion_lora.training.data import LatentBatches, TextEmbeddings
 
     base = load_base(base_dir, torch.device("cpu"), with_vae=False)
     train = load_latents(latent_dir, "train")

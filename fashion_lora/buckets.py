@@ -84,13 +84,13 @@ def cover_box(width: int, height: int, bucket: Bucket, crop: Literal["center", "
     return scale, (nw, nh), (left, top, left + bw, top + bh)
 
 
-def buckets_for(pre: "PrecomputeParams", step: int) -> list[Bucket]:
-    """The sizes images are cropped to under `pre` (precompute's params) for a model of size
+def buckets_for(settings: PrecomputeParams, step: int) -> list[Bucket]:
+    """The sizes images are cropped to under `settings` (precompute's params) for a model of size
     step `step`: one square (`shape: square`), or the aspect buckets."""
-    if pre.shape == "square":
-        return [(pre.resolution, pre.resolution)]
-    if pre.resolution % step:
+    if settings.shape == "square":
+        return [(settings.resolution, settings.resolution)]
+    if settings.resolution % step:
         log.warning("precompute.resolution %d is not a multiple of the model's size step %d px: buckets use %d",
-                    pre.resolution, step, max(step, pre.resolution // step * step))
-    return make_buckets(pre.resolution, step, pre.min_aspect, pre.max_aspect, pre.bucket_size)
+                    settings.resolution, step, max(step, settings.resolution // step * step))
+    return make_buckets(settings.resolution, step, settings.min_aspect, settings.max_aspect, settings.bucket_size)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import unicodedata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from .utils import UserError
 
@@ -15,7 +15,7 @@ def clean_caption(text: str) -> str:
     return " ".join(unicodedata.normalize("NFC", text).split())
 
 
-def caption_reason(caption: Any, min_length: int) -> Optional[str]:
+def caption_reason(caption: Any, min_length: int) -> str | None:
     """Why a raw caption is unusable, or None. Length counts characters after cleaning."""
     if not isinstance(caption, str):
         return "caption_not_string"
@@ -24,7 +24,7 @@ def caption_reason(caption: Any, min_length: int) -> Optional[str]:
     return None
 
 
-def unsafe_name_reason(name: str) -> Optional[str]:
+def unsafe_name_reason(name: str) -> str | None:
     """Caption keys must be plain file names: nothing outside the images folder is ever read."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
         return "unsafe_caption_key"

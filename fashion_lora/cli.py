@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import paths
 from .params import ParamError, load_params
-from .utils import UserError, inference_dtype, resolve_device, setup_logging
+from .utils import UserError, resolve_device, setup_logging
 
 log = logging.getLogger("fashion_lora.cli")
 
@@ -24,7 +24,7 @@ log = logging.getLogger("fashion_lora.cli")
 def build_parser(params_file: Path) -> argparse.ArgumentParser:
     """Both subcommands, their defaults read from `params_file`."""
     params = load_params(params_file)
-    gen = params.generate
+    settings = params.generate
     ap = argparse.ArgumentParser(prog="python -m fashion_lora", description=__doc__.split("\n\n")[0])
     ap.add_argument("--params", type=Path, default=params_file, help="params file the defaults come from")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -37,21 +37,21 @@ def build_parser(params_file: Path) -> argparse.ArgumentParser:
     g.add_argument("--lora", type=Path, default=paths.LORA,
                    help="LoRA folder or .safetensors file (diffusers or kohya format)")
     g.add_argument("--no-lora", action="store_true", help="render with the base model only")
-    g.add_argument("--steps", type=int, default=gen.steps[0], help="sampling steps (first of generate.steps)")
-    g.add_argument("--guidance", type=float, default=gen.guidance_scale,
+    g.add_argument("--steps", type=int, default=settings.steps[0], help="sampling steps (first of generate.steps)")
+    g.add_argument("--guidance", type=float, default=settings.guidance_scale,
                    help="classifier-free guidance scale (generate.guidance_scale)")
-    g.add_argument("--negative", default=gen.negative_prompt, help="negative prompt (generate.negative_prompt)")
-    g.add_argument("--seed", type=int, default=gen.seed, help="noise seed: same seed, same image (generate.seed)")
-    g.add_argument("--height", type=_size, default=gen.height,
+    g.add_argument("--negative", default=settings.negative_prompt, help="negative prompt (generate.negative_prompt)")
+    g.add_argument("--seed", type=int, default=settings.seed, help="noise seed: same seed, same image (generate.seed)")
+    g.add_argument("--height", type=_size, default=settings.height,
                    help="pixels, or auto = the most common train bucket in --latents (generate.height)")
-    g.add_argument("--width", type=_size, default=gen.width, help="pixels or auto (generate.width)")
+    g.add_argument("--width", type=_size, default=settings.width, help="pixels or auto (generate.width)")
     g.add_argument("--latents", type=Path, default=paths.LATENTS, help="latent index that `auto` sizes come from")
-    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=gen.device, help="(generate.device)")
-    g.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default=gen.precision,
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default=settings.device, help="(generate.device)")
+    g.add_argument("--precision", choices=("auto", "fp32", "fp16", "bf16"), default=settings.precision,
                    help="weights dtype; auto = fp16 on CUDA, fp32 on CPU (generate.precision)")
-    g.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=gen.fuse_lora,
+    g.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=settings.fuse_lora,
                    help="merge the LoRA into the weights (generate.fuse_lora)")
-    g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=gen.cuda_graphs,
+    g.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=settings.cuda_graphs,
                    help="GPU: replay the UNet as a CUDA graph (generate.cuda_graphs)")
 
     e = sub.add_parser("export", help="write the adapter in another form", formatter_class=fmt)
@@ -71,20 +71,17 @@ def _size(value: str) -> int | str:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from .latents import image_size
-    from .lora import load_pipeline, lora_components
-    from .sampling import sample_image, use_cuda_graphs
+    from .inference import image_size, prepare_inference
+    from .lora import load_pipeline
+    from .sampling import sample_image
 
     if args.steps < 1:
         raise UserError("--steps must be >= 1")
     height, width = image_size(args.height, args.width, args.latents)
     device = resolve_device(args.device, "--device")
-    pipe = load_pipeline(args.base, None if args.no_lora else args.lora, device,
-                         inference_dtype(args.precision, device, "--precision"))
-    if args.fuse and not args.no_lora:
-        pipe.fuse_lora(components=lora_components(pipe), lora_scale=1.0)
-    if args.cuda_graphs and device.type == "cuda":
-        use_cuda_graphs(pipe.unet)
+    pipe = load_pipeline(args.base, None if args.no_lora else args.lora, device)
+    prepare_inference(pipe, device, args.precision, "--precision", cuda_graphs=args.cuda_graphs,
+                      fuse=args.fuse and not args.no_lora)
     pipe.set_progress_bar_config(disable=False, desc="denoise", leave=False)
     image = sample_image(pipe, args.prompt, args.negative, args.steps, args.guidance, args.seed,
                          height, width)
@@ -107,9 +104,9 @@ def _export(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     # The params file must be known before the parser is built (it sets the defaults).
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--params", type=Path, default=paths.PARAMS)
-    known, _ = pre.parse_known_args(argv)
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--params", type=Path, default=paths.PARAMS)
+    known, _ = early.parse_known_args(argv)
     try:
         args = build_parser(known.params).parse_args(argv)
         {"generate": _generate, "export": _export}[args.command](args)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import logging
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
@@ -17,6 +16,7 @@ from .sampling import lora_enabled, sample_image
 from .sheets import grid
 from .synthetic import COLORS
 from .utils import UserError
+from .val_loss import band_means, eval_losses, fixed_eval, summarize
 
 log = logging.getLogger(__name__)
 
@@ -51,22 +51,22 @@ def val_losses(pipe, latents: list[torch.Tensor], captions: list[str], repeats: 
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     T = scheduler.config.num_train_timesteps
     ids, _ = diffusion.tokenize(pipe.tokenizer, captions)
-    plan = diffusion.fixed_eval([tuple(v.shape) for v in latents], repeats, T, seed)
+    plan = fixed_eval([tuple(v.shape) for v in latents], repeats, T, seed)
     results = {}
     for name, enabled in (("base", False), ("lora", True)):
         with lora_enabled(pipe, enabled):
             # inside the switch: a text-encoder LoRA changes the embeddings too
             encoder_hidden_states = diffusion.encode_text(pipe.text_encoder, ids).float().cpu()
-            mse, mae = diffusion.eval_losses(pipe.unet, scheduler, latents, encoder_hidden_states, plan,
-                                               batch_size, desc=f"val loss ({name})")
+            mse, mae = eval_losses(pipe.unet, scheduler, latents, encoder_hidden_states, plan, batch_size,
+                                   desc=f"val loss ({name})")
         results[name] = (mse, mae)
-    metrics = {name: diffusion.summarize(*results[name]) for name in results}
+    metrics = {name: summarize(*results[name]) for name in results}
     base, lora = metrics["base"], metrics["lora"]
     metrics["improvement"] = {k: (base[k] - lora[k]) / base[k] if base[k] else 0.0 for k in ("mse", "mae")}
     metrics["evaluations"] = len(plan.item)
     band_rows = []
-    base_b = diffusion.band_means(results["base"][0], plan.timesteps, bands, T)
-    lora_b = diffusion.band_means(results["lora"][0], plan.timesteps, bands, T)
+    base_b = band_means(results["base"][0], plan.timesteps, bands, T)
+    lora_b = band_means(results["lora"][0], plan.timesteps, bands, T)
     for b in range(bands):
         lo, hi = b * T // bands, (b + 1) * T // bands
         band_rows.append({"timestep": (lo + hi) // 2, "band": f"{lo}-{hi - 1}",
@@ -151,7 +151,7 @@ def attribute_prompts(n_colors: int, n_seeds: int) -> list[str]:
     return [ATTRIBUTE_PROMPT.format(color=c) for c in list(COLORS)[:n_colors] for _ in range(n_seeds)]
 
 
-def clip_score(clip_dir: Optional[str], images: list[Image.Image], prompts: list[str]) -> Optional[float]:
+def clip_score(clip_dir: str | None, images: list[Image.Image], prompts: list[str]) -> float | None:
     """Mean 100 * cosine(image, text) with a local CLIP model; None when no model is configured."""
     if not clip_dir:
         return None

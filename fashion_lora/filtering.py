@@ -38,11 +38,11 @@ def product_id(name: str) -> str:
     return m.group(0) if m else name
 
 
-def _inspect(name: str, images: Path, flt: FilterParams):
-    return name, inspect_image(images / name, flt.formats, flt.min_resolution, flt.non_rgb, flt.max_pixels)
+def _inspect(name: str, images: Path, settings: FilterParams):
+    return name, inspect_image(images / name, settings.formats, settings.min_resolution, settings.non_rgb, settings.max_pixels)
 
 
-def filter_entries(captions: dict, images: Path, flt: FilterParams) -> tuple[list[dict], Counter, Counter]:
+def filter_entries(captions: dict, images: Path, settings: FilterParams) -> tuple[list[dict], Counter, Counter]:
     """Apply every rule. Returns kept entries, drop counts by reason, and converted-mode counts.
 
     Caption rules run first (cheap); only entries with a usable caption and a safe name are
@@ -53,7 +53,7 @@ def filter_entries(captions: dict, images: Path, flt: FilterParams) -> tuple[lis
     lower_seen: dict[str, str] = {}
     for name in sorted(captions, key=str):
         reason = unsafe_name_reason(name) if isinstance(name, str) else "unsafe_caption_key"
-        reason = reason or caption_reason(captions[name], flt.min_caption_length)
+        reason = reason or caption_reason(captions[name], settings.min_caption_length)
         if reason is None and name.lower() in lower_seen:
             # Case-insensitive file systems would map both keys to one file: keep the first.
             reason = "duplicate_name_case"
@@ -66,12 +66,12 @@ def filter_entries(captions: dict, images: Path, flt: FilterParams) -> tuple[lis
     drops["missing_caption"] += len(on_disk - set(captions))
 
     kept, converted = [], Counter()
-    check = functools.partial(_inspect, images=images, flt=flt)
+    check = functools.partial(_inspect, images=images, settings=settings)
     names = list(candidates)
     bar = dict(total=len(names), desc="filter", unit="img", mininterval=1.0)
     # A process pool costs about a second to start: only worth it for real data set sizes.
-    if flt.workers > 1 and len(names) >= PARALLEL_MIN:
-        with multiprocessing.get_context("spawn").Pool(flt.workers, initializer=ignore_sigint) as pool:
+    if settings.workers > 1 and len(names) >= PARALLEL_MIN:
+        with multiprocessing.get_context("spawn").Pool(settings.workers, initializer=ignore_sigint) as pool:
             results = list(tqdm(pool.imap(check, names, chunksize=32), **bar))
     else:
         results = [check(n) for n in tqdm(names, **bar)]
@@ -114,7 +114,7 @@ def sample_and_split(entries: list[dict], sample_size: int, val_fraction: float,
 
 
 def filter_report(captions: dict, images_on_disk: int, kept: list[dict], df: pd.DataFrame, drops: Counter,
-                  converted: Counter, seconds: float, flt: FilterParams) -> dict:
+                  converted: Counter, seconds: float, settings: FilterParams) -> dict:
     """What reports/filter.json records: counts at every step and for every drop reason."""
     inspected = len(kept) + sum(drops[r] for r in IMAGE_REASONS)
     counts = df.split.value_counts().to_dict()
@@ -128,7 +128,7 @@ def filter_report(captions: dict, images_on_disk: int, kept: list[dict], df: pd.
         "dropped": dict(drops),
         "converted_modes": dict(converted),
         "images_per_second": round(inspected / seconds, 1) if seconds > 0 else None,
-        "params": to_dict(flt),
+        "params": to_dict(settings),
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
@@ -21,9 +21,9 @@ if TYPE_CHECKING:
 class ImageInfo:
     """What the filter learns about one file; `reason` is None when it passes."""
 
-    reason: Optional[str]
-    format: Optional[str] = None
-    mode: Optional[str] = None
+    reason: str | None
+    format: str | None = None
+    mode: str | None = None
     width: int = 0
     height: int = 0
 
@@ -90,7 +90,7 @@ def sharpness(img: Image.Image) -> float:
 
 
 def quality_reason(img: Image.Image, min_side: int, min_sharpness: float, min_aspect: float,
-                   max_aspect: float) -> Optional[str]:
+                   max_aspect: float) -> str | None:
     """The first quality rule `img` breaks (precompute's drop reason), or None."""
     w, h = img.size
     if min(w, h) < min_side:
@@ -142,24 +142,24 @@ def to_vae_input(pixels: list[np.ndarray]) -> torch.Tensor:
 @dataclass
 class Prepared:
     row: int
-    reason: Optional[str]
-    pixels: Optional[np.ndarray] = None  # uint8 [h, w, 3] of the bucket
-    crop: Optional[tuple[int, int, int, int]] = None
-    orig_size: Optional[tuple[int, int]] = None
-    bucket: Optional[Bucket] = None  # (width, height)
+    reason: str | None
+    pixels: np.ndarray | None = None  # uint8 [h, w, 3] of the bucket
+    crop: tuple[int, int, int, int] | None = None
+    orig_size: tuple[int, int] | None = None
+    bucket: Bucket | None = None  # (width, height)
 
 
-def prepare(row: int, path: str, pre: PrecomputeParams, buckets: list[Bucket]) -> Prepared:
+def prepare(row: int, path: str, settings: PrecomputeParams, buckets: list[Bucket]) -> Prepared:
     """Load one image, apply quality checks and enhancement, and crop it to the bucket of
     nearest aspect (resized to cover it, never squashed)."""
     try:
         img = load_rgb(Path(path))
     except (OSError, ValueError):
         return Prepared(row, "undecodable")
-    reason = quality_reason(img, pre.min_side, pre.min_sharpness, pre.min_aspect, pre.max_aspect)
+    reason = quality_reason(img, settings.min_side, settings.min_sharpness, settings.min_aspect, settings.max_aspect)
     if reason:
         return Prepared(row, reason)
-    img = enhance(img, pre.enhance.sharpness, pre.enhance.contrast, pre.enhance.color)
+    img = enhance(img, settings.enhance.sharpness, settings.enhance.contrast, settings.enhance.color)
     bucket = nearest_bucket(img.width, img.height, buckets)
-    pixels, box = resize_crop(img, bucket, pre.crop)
+    pixels, box = resize_crop(img, bucket, settings.crop)
     return Prepared(row, None, np.asarray(pixels, dtype=np.uint8), box, img.size, bucket)

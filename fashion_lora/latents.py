@@ -15,9 +15,9 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
 
 import torch
 
@@ -129,11 +129,11 @@ class LatentGroups:
         """One [C, h, w] view per item, in `items` order."""
         return [row for t in self.tensors for row in t]
 
-    def to(self, device) -> "LatentGroups":
+    def to(self, device) -> LatentGroups:
         return LatentGroups([t.to(device) for t in self.tensors], self.items)
 
 
-def load_latents(latent_dir: Path, split: Optional[str] = None) -> LatentGroups:
+def load_latents(latent_dir: Path, split: str | None = None) -> LatentGroups:
     """All latents (float32) of `split` (or all) with their index entries, grouped by shape,
     verified shard by shard."""
     index = read_index(latent_dir)
@@ -164,23 +164,6 @@ def bucket_counts(items: list[dict]) -> dict[str, dict[str, int]]:
         row = out.setdefault(bucket_name(it["bucket"]), {"train": 0, "val": 0})
         row[it["split"]] = row.get(it["split"], 0) + 1
     return out
-
-
-def image_size(height: int | str, width: int | str, latent_dir: Path) -> tuple[int, int]:
-    """(height, width) to generate at: the numbers given, `auto` = the most common train bucket
-    recorded in the latent index."""
-    if height != "auto" and width != "auto":
-        return int(height), int(width)
-    hint = "or give the size (generate.height/width; --height/--width on the CLI)"
-    try:
-        meta = read_index(latent_dir)["meta"]
-    except LatentsError as e:
-        raise LatentsError(f"height/width auto: {e}, {hint}") from None
-    if "train_bucket" not in meta:
-        raise LatentsError(f"height/width auto: {latent_dir / INDEX} has no train bucket (made by an older "
-                           f"precompute); rerun `dvc repro precompute`, {hint}")
-    w, h = meta["train_bucket"]
-    return (h if height == "auto" else int(height)), (w if width == "auto" else int(width))
 
 
 def iter_chunks(seq: list, size: int) -> Iterable[list]:

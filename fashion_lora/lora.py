@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -71,7 +70,7 @@ def save_lora(out_dir: Path, states: dict[str, dict[str, torch.Tensor]], configs
     """
     from diffusers import StableDiffusionPipeline
 
-    def meta(component: str) -> Optional[dict]:
+    def meta(component: str) -> dict | None:
         if component not in states:
             return None
         # peft keeps target_modules as a set: sort it, or the metadata (and the file hash) would
@@ -116,7 +115,7 @@ def check_lora_file(path: Path) -> Path:
     return file
 
 
-def load_pipeline(base_dir: Path, lora: Optional[Path], device: torch.device,
+def load_pipeline(base_dir: Path, lora: Path | None, device: torch.device,
                   dtype: torch.dtype = torch.float32):
     """The one loader: base from `models/base`, LoRA via `load_lora_weights`, then eval mode."""
     from diffusers import StableDiffusionPipeline

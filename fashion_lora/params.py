@@ -15,13 +15,13 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal
 
 import yaml
 
-DEVICES = ("auto", "cpu", "cuda")
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]  # inference weights; auto = fp16 on CUDA, fp32 on CPU
 Workers = int | Literal["auto"]  # process count; auto = the machine's cores
@@ -44,13 +44,13 @@ def _check(cond: bool, key: str, message: str) -> None:
 class Limits:
     """The allowed values of one field: bounds, non-empty, or any one-field predicate."""
 
-    ge: Optional[float] = None
-    gt: Optional[float] = None
-    le: Optional[float] = None
-    lt: Optional[float] = None
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
     nonempty: bool = False
-    check: Optional[Callable[[Any], bool]] = None
-    message: Optional[str] = None  # replaces the message built from the bounds
+    check: Callable[[Any], bool] | None = None
+    message: str | None = None  # replaces the message built from the bounds
 
     def allows(self, v: Any) -> bool:
         # Written as "v >= bound" etc. so that NaN fails every bound.
@@ -89,14 +89,14 @@ class SyntheticData:
 class DeepFashionData:
     images_id: str  # Google Drive file id of the images zip
     captions_id: str  # Google Drive file id of captions.json (or a zip holding it)
-    images_sha256: Optional[str]  # expected checksum of the images archive; null = log it only
-    captions_sha256: Optional[str]  # expected checksum of the captions file; null = log it only
+    images_sha256: str | None  # expected checksum of the images archive; null = log it only
+    captions_sha256: str | None  # expected checksum of the captions file; null = log it only
 
 
 @dataclass(frozen=True)
 class LocalData:
-    images: Optional[str]  # a folder of images or a .zip of them
-    captions: Optional[str]  # a {file_name: caption} .json, or a .zip holding one
+    images: str | None  # a folder of images or a .zip of them
+    captions: str | None  # a {file_name: caption} .json, or a .zip holding one
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,7 @@ class TextEncoderLoraParams:
     alpha: float = limits(gt=0)
     dropout: float = limits(ge=0, lt=1)
     target_modules: list[str] = limits(nonempty=True)  # CLIP: q_proj, k_proj, v_proj, out_proj, fc1, fc2
-    learning_rate: Optional[float] = limits(gt=0)  # null = train.learning_rate; the same schedule either way
+    learning_rate: float | None = limits(gt=0)  # null = train.learning_rate; the same schedule either way
 
 
 @dataclass(frozen=True)
@@ -274,11 +274,11 @@ class TrainParams:
                                 message="must be two numbers in [0, 1)")
     weight_decay: float = limits(ge=0)
     warmup_steps: int = limits(ge=0)
-    restart_period: Optional[int] = limits(ge=1)  # cosine restart period T_0 (steps); null = train.max_steps
+    restart_period: int | None = limits(ge=1)  # cosine restart period T_0 (steps); null = train.max_steps
     restart_mult: int = limits(ge=1)  # T_mult
     min_lr: float  # eta_min
     max_grad_norm: float = limits(gt=0)
-    min_snr_gamma: Optional[float] = limits(gt=0)  # null = plain MSE
+    min_snr_gamma: float | None = limits(gt=0)  # null = plain MSE
     noise_offset: float = limits(ge=0)  # 0 = off
     # timestep density ~ t^(bias-1); 1 = uniform, > 1 favours high noise
     timestep_bias: float = limits(gt=0, le=10, message="must be in (0, 10] (1 = uniform)")
@@ -323,7 +323,7 @@ class EvaluateParams:
     attribute_prompts: int = limits(ge=0)  # colour prompts generated for the attribute metric (0 = off)
     attribute_steps: int = limits(ge=1)  # sampling steps for those images
     attribute_seeds: int = limits(ge=1)  # images per colour prompt (seeds seed .. seed + n - 1)
-    clip_model: Optional[str]  # local CLIP folder for a CLIP score; null = off
+    clip_model: str | None  # local CLIP folder for a CLIP score; null = off
 
 
 # ----------------------------------------------------------------------------- generate
@@ -348,7 +348,7 @@ class Params:
     seed: int = limits(ge=0)
     # torch CPU threads of every stage; float results depend on it (measured), so a fixed count
     # gives the same dvc.lock on any machine. null = torch's default (all cores).
-    cpu_threads: Optional[int] = limits(ge=1)
+    cpu_threads: int | None = limits(ge=1)
     data: DataParams
     model: ModelParams
     filter: FilterParams
@@ -434,7 +434,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if f.name not in raw:
             raise ParamError(full, "is missing")
         values[f.name] = value = _convert(raw[f.name], hints[f.name], full)
-        rule: Optional[Limits] = f.metadata.get("limits")
+        rule: Limits | None = f.metadata.get("limits")
         # in `int | Literal["auto"]` the limits bound the number; the word passed its Literal already
         word = isinstance(value, str) and typing.get_origin(hints[f.name]) in (typing.Union, types.UnionType)
         if rule is not None and value is not None and not word and not rule.allows(value):

@@ -20,17 +20,17 @@ from .buckets import Bucket, bucket_name
 from .images import area_kept, prepare, to_vae_input
 from .latents import ShardWriter, bucket_counts, encode, iter_chunks
 from .params import PrecomputeParams, to_dict
+from .precision import dtype_of
 from .utils import UserError, atomic_dir, worker_count
 
 log = logging.getLogger(__name__)
-DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
-def _prepare_row(args: tuple[int, str], pre: PrecomputeParams, buckets: list[Bucket]):
-    return prepare(args[0], args[1], pre, buckets)
+def _prepare_row(args: tuple[int, str], settings: PrecomputeParams, buckets: list[Bucket]):
+    return prepare(args[0], args[1], settings, buckets)
 
 
-def encode_dataset(df: pd.DataFrame, vae, pre: PrecomputeParams, out_dir: Path,
+def encode_dataset(df: pd.DataFrame, vae, settings: PrecomputeParams, out_dir: Path,
                    buckets: list[Bucket]) -> tuple[dict, Counter, float]:
     """Write `out_dir` (shards + index) atomically from the CSV rows `df`.
 
@@ -41,15 +41,15 @@ def encode_dataset(df: pd.DataFrame, vae, pre: PrecomputeParams, out_dir: Path,
     """
     drops: Counter = Counter()
     t0 = time.perf_counter()
-    work = functools.partial(_prepare_row, pre=pre, buckets=buckets)
+    work = functools.partial(_prepare_row, settings=settings, buckets=buckets)
     rows = list(enumerate(df.image_path))
-    window = pre.batch_size * 8
-    workers = worker_count(pre.workers)
+    window = settings.batch_size * 8
+    workers = worker_count(settings.workers)
     pool = ThreadPoolExecutor(workers) if workers > 1 and len(rows) > window else None
     try:
         with atomic_dir(out_dir) as tmp, tqdm(total=len(rows), desc="precompute", unit="img",
                                               mininterval=1.0) as bar:
-            writer = ShardWriter(tmp, pre.shard_size, DTYPES[pre.dtype])
+            writer = ShardWriter(tmp, settings.shard_size, dtype_of(settings.dtype))
             for chunk, prepared in _prepared_windows(rows, window, work, pool):
                 drops.update(x.reason for x in prepared if x.reason)
                 by_bucket: dict[Bucket, list] = {}
@@ -57,7 +57,7 @@ def encode_dataset(df: pd.DataFrame, vae, pre: PrecomputeParams, out_dir: Path,
                     if x.reason is None:
                         by_bucket.setdefault(x.bucket, []).append(x)
                 for bucket in sorted(by_bucket):  # a VAE batch holds one size
-                    for batch in iter_chunks(by_bucket[bucket], pre.batch_size):
+                    for batch in iter_chunks(by_bucket[bucket], settings.batch_size):
                         latents = encode(vae, to_vae_input([x.pixels for x in batch]))
                         for x, latent in zip(batch, latents):
                             r = df.iloc[x.row]
@@ -70,10 +70,10 @@ def encode_dataset(df: pd.DataFrame, vae, pre: PrecomputeParams, out_dir: Path,
                                 "check the precompute.min_* thresholds")
             counts = Counter(tuple(it["bucket"]) for it in writer.items if it["split"] == "train")
             top = max(sorted(counts), key=counts.__getitem__) if counts else tuple(writer.items[0]["bucket"])
-            index = writer.close({"resolution": pre.resolution, "shape": pre.shape, "bucket_size": pre.bucket_size,
+            index = writer.close({"resolution": settings.resolution, "shape": settings.shape, "bucket_size": settings.bucket_size,
                                   "buckets": [list(b) for b in buckets], "train_bucket": list(top),
-                                  "vae_scale_factor": vae_scale_factor(vae), "dtype": pre.dtype,
-                                  "scaling_factor": vae.config.scaling_factor, "crop": pre.crop})
+                                  "vae_scale_factor": vae_scale_factor(vae), "dtype": settings.dtype,
+                                  "scaling_factor": vae.config.scaling_factor, "crop": settings.crop})
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -99,7 +99,7 @@ def _prepared_windows(rows: list, window: int, work, pool):
 
 
 def precompute_report(index: dict, rows: int, drops: Counter, seconds: float, out_dir: Path,
-                      device: torch.device, pre: PrecomputeParams) -> dict:
+                      device: torch.device, settings: PrecomputeParams) -> dict:
     """What reports/precompute.json records."""
     items = index["items"]
     splits = Counter(it["split"] for it in items)
@@ -111,4 +111,4 @@ def precompute_report(index: dict, rows: int, drops: Counter, seconds: float, ou
             "shards": len(index["shards"]),
             "shard_bytes": sum((out_dir / s["file"]).stat().st_size for s in index["shards"]),
             "images_per_second": round(rows / seconds, 1), "seconds": round(seconds, 2),
-            "device": str(device), "params": to_dict(pre)}
+            "device": str(device), "params": to_dict(settings)}

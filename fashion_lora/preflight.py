@@ -10,14 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .base_id import classify_base
 from .params import Params
 from .utils import UserError
 
 CHECK_TEXT = "params.yaml and the input paths it names are valid (written by the check stage)\n"
-
-
-def _looks_local(base: str) -> bool:
-    return base.startswith(("/", ".", "~")) or base.count("/") != 1 or Path(base).expanduser().exists()
 
 
 def check_inputs(params: Params) -> None:
@@ -28,15 +25,7 @@ def check_inputs(params: Params) -> None:
             if not Path(str(value)).expanduser().exists():
                 raise UserError(f"{key}: {value} does not exist; point it at your images folder/zip and "
                                 "captions JSON (or set data.source: synthetic)")
-    base = params.model.base
-    folder = Path(base).expanduser()
-    if base not in ("tiny", "tiny-random") and _looks_local(base):
-        if not folder.exists():
-            raise UserError(f"model.base: {base!r} is neither 'tiny', 'tiny-random', an existing folder, nor a hub "
-                            "id like 'stable-diffusion-v1-5/stable-diffusion-v1-5'")
-        if not (folder / "model_index.json").is_file():
-            raise UserError(f"model.base: {base} is not a diffusers folder (no model_index.json); save one with "
-                            "StableDiffusionPipeline.save_pretrained")
+    classify_base(params.model.base)  # a bad id or a folder without model_index.json stops here
     clip = params.evaluate.clip_model
     if clip and not (Path(clip).expanduser() / "config.json").is_file():
         raise UserError(f"evaluate.clip_model: {clip} is not a local CLIP model folder (no config.json); "

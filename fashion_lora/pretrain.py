@@ -22,12 +22,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import diffusion
-from .base import base_info, build_tiny, model_step
+from .base import model_step
 from .buckets import Bucket, bucket_name, buckets_for, nearest_bucket
 from .images import resize_crop, to_vae_input
 from .lr_schedule import lr_factor
 from .params import PrecomputeParams, PretrainParams
+from .provision import base_info
 from .synthetic import COLORS, VIEWS, caption_for, random_garments, render
+from .tiny import build_tiny
 
 log = logging.getLogger(__name__)
 # Every colour name the synthetic captions can hold (and the usual spelling variant).
@@ -63,10 +65,10 @@ def by_shape(pixels: list[np.ndarray]) -> tuple[list[torch.Tensor], list[int]]:
     return [to_vae_input([pixels[i] for i in ids]) for ids in groups.values()], order
 
 
-def draw(groups: list[torch.Tensor], batch_size: int, gen: torch.Generator) -> tuple[int, torch.Tensor]:
+def draw(groups: list[torch.Tensor], batch_size: int, generator: torch.Generator) -> tuple[int, torch.Tensor]:
     """A random batch from one group, the group drawn in proportion to its size: (group, rows)."""
-    g = int(torch.multinomial(torch.tensor([float(len(t)) for t in groups]), 1, generator=gen)) if len(groups) > 1 else 0
-    return g, torch.randint(0, len(groups[g]), (batch_size,), generator=gen)
+    g = int(torch.multinomial(torch.tensor([float(len(t)) for t in groups]), 1, generator=generator)) if len(groups) > 1 else 0
+    return g, torch.randint(0, len(groups[g]), (batch_size,), generator=generator)
 
 
 def _cosine(opt: torch.optim.Optimizer, steps: int, warmup: int = 50) -> torch.optim.lr_scheduler.LambdaLR:
@@ -96,14 +98,14 @@ def train_vae(vae, groups: list[torch.Tensor], pretrain: PretrainParams, seed: i
     (std ~1) sampled latents are so noisy that the decoder learns blurred, colour-averaged
     images (measured: 1.0 dB lower PSNR at equal time). Precompute stores the mean too.
     """
-    gen = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=pretrain.vae_learning_rate, weight_decay=0.0)
     sched = _cosine(opt, pretrain.vae_steps)
     vae.train()
     loss = torch.tensor(0.0)
     bar = tqdm(range(pretrain.vae_steps), desc="pretrain vae", unit="step", mininterval=2)
     for _ in bar:
-        g, idx = draw(groups, pretrain.vae_batch_size, gen)
+        g, idx = draw(groups, pretrain.vae_batch_size, generator)
         xb = groups[g][idx]
         dist = vae.encode(xb).latent_dist
         rec = vae.decode(dist.mean).sample
@@ -138,7 +140,7 @@ def train_unet(unet, text_encoder, tokenizer, noise_scheduler, latents: list[tor
     with torch.no_grad():
         embeddings = diffusion.encode_text(text_encoder, ids)
     empty, embeddings = embeddings[-1:], embeddings[:-1]
-    gen = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(unet.parameters(), lr=pretrain.unet_learning_rate, weight_decay=0.01)
     sched = _cosine(opt, pretrain.unet_steps)
     T = noise_scheduler.config.num_train_timesteps
@@ -146,13 +148,13 @@ def train_unet(unet, text_encoder, tokenizer, noise_scheduler, latents: list[tor
     tail: list[float] = []
     bar = tqdm(range(pretrain.unet_steps), desc="pretrain unet", unit="step", mininterval=2)
     for step in bar:
-        g, idx = draw(latents, pretrain.unet_batch_size, gen)
+        g, idx = draw(latents, pretrain.unet_batch_size, generator)
         z, e = latents[g][idx], embeddings[idx + sum(len(t) for t in latents[:g])].clone()
-        e[torch.rand(len(idx), generator=gen) < pretrain.caption_dropout] = empty
-        flip = torch.rand(len(idx), generator=gen) < 0.5  # the figures are left/right symmetric
+        e[torch.rand(len(idx), generator=generator) < pretrain.caption_dropout] = empty
+        flip = torch.rand(len(idx), generator=generator) < 0.5  # the figures are left/right symmetric
         z = torch.where(flip[:, None, None, None], z.flip(-1), z)
-        noise = torch.randn(z.shape, generator=gen)
-        t = torch.randint(0, T, (len(idx),), generator=gen)
+        noise = torch.randn(z.shape, generator=generator)
+        t = torch.randint(0, T, (len(idx),), generator=generator)
         loss = diffusion.training_loss(unet, noise_scheduler, z, noise, t, e, None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -192,9 +194,9 @@ def pretrain_tiny(pipe, pretrain: PretrainParams, seed: int, buckets: list[Bucke
             "withheld": "colour words -> " + pretrain.neutral_word}
 
 
-def provision_tiny(seed: int, out_dir: Path, pretrain: PretrainParams, pre: PrecomputeParams) -> dict:
+def provision_tiny(seed: int, out_dir: Path, pretrain: PretrainParams, precompute: PrecomputeParams) -> dict:
     """Build the tiny pipeline from `seed`, pretrain it at the fine-tuning sizes (the buckets of
-    `pre`, precompute's params), save it.
+    `precompute`, precompute's params), save it.
 
     v-prediction rather than SD1.5's epsilon: its loss keeps weight on the high-noise steps
     where a prompt's colour is decided (epsilon weights them by the SNR, ~0.005 at t=999), and
@@ -202,6 +204,6 @@ def provision_tiny(seed: int, out_dir: Path, pretrain: PretrainParams, pre: Prec
     """
     with tempfile.TemporaryDirectory() as work:  # the tokenizer's source files; saved with the pipeline
         pipe = build_tiny(seed, Path(work), "v_prediction")
-    report = pretrain_tiny(pipe, pretrain, seed, buckets_for(pre, model_step(pipe.vae, pipe.unet)))
+    report = pretrain_tiny(pipe, pretrain, seed, buckets_for(precompute, model_step(pipe.vae, pipe.unet)))
     pipe.save_pretrained(out_dir, safe_serialization=True)
     return {**base_info(pipe, "tiny", "tiny"), **report}

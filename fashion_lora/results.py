@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 
 def _fmt(v) -> str:
     return f"{v:.4f}" if isinstance(v, float) else str(v)
 
 
-def results_page(ev: dict, tr: dict, gen: dict, flt: dict, pre: dict, base: dict,
-                 per_color: Optional[list[dict]]) -> str:
+def results_page(evaluate: dict, train: dict, generate: dict, filtering: dict, precompute: dict, base: dict,
+                 per_color: list[dict] | None) -> str:
     """The whole page; the colour section only when evaluate measured it, the base section only
     for the tiny base pretrained here."""
-    lines = _loss_section(ev)
-    if "attribute" in ev:
-        lines += _attribute_section(ev, per_color or [])
+    lines = _loss_section(evaluate)
+    if "attribute" in evaluate:
+        lines += _attribute_section(evaluate, per_color or [])
     if "vae_psnr_db" in base:  # model.base: tiny, pretrained by the base_model stage
         lines += _base_section(base)
-    lines += _training_section(tr, gen, flt, pre)
+    lines += _training_section(train, generate, filtering, precompute)
     return "\n".join(lines)
 
 
-def _loss_section(ev: dict) -> list[str]:
+def _loss_section(evaluate: dict) -> list[str]:
     return [
         "# Results of the last `dvc repro`",
         "",
@@ -32,17 +30,17 @@ def _loss_section(ev: dict) -> list[str]:
         "",
         "| model | val MSE | val MAE | loss std |",
         "|---|---|---|---|",
-        *(f"| {m} | {_fmt(ev[m]['mse'])} | {_fmt(ev[m]['mae'])} | {_fmt(ev[m]['loss_std'])} |"
+        *(f"| {m} | {_fmt(evaluate[m]['mse'])} | {_fmt(evaluate[m]['mae'])} | {_fmt(evaluate[m]['loss_std'])} |"
           for m in ("base", "lora")),
         "",
-        f"LoRA improvement: {100 * ev['improvement']['mse']:.1f}% lower MSE over {ev['evaluations']} "
+        f"LoRA improvement: {100 * evaluate['improvement']['mse']:.1f}% lower MSE over {evaluate['evaluations']} "
         "fixed evaluations. Lower is better; the per-timestep-band curves are in `dvc plots show`.",
         "",
     ]
 
 
-def _attribute_section(ev: dict, per_color: list[dict]) -> list[str]:
-    a = ev["attribute"]
+def _attribute_section(evaluate: dict, per_color: list[dict]) -> list[str]:
+    a = evaluate["attribute"]
     lines = [
         "## Generation: does the image follow the colour in the prompt?",
         "",
@@ -75,24 +73,24 @@ def _base_section(base: dict) -> list[str]:
     ]
 
 
-def _training_section(tr: dict, gen: dict, flt: dict, pre: dict) -> list[str]:
+def _training_section(train: dict, generate: dict, filtering: dict, precompute: dict) -> list[str]:
     return [
         "## Training",
         "",
-        f"- {tr['steps']} steps ({tr['stop_reason']}), best val MSE {_fmt(tr['best_val']['mse'])} at step "
-        f"{tr['best_step']}; {tr['steps_per_second']} steps/s on {tr['system']['device']}",
-        f"- {tr['trainable_params']} trainable LoRA parameters in {tr['lora_modules']} modules",
-        f"- data: {flt['kept']} images kept of {flt['input_captions']} captions "
-        f"({sum(flt['dropped'].values())} dropped, reasons in reports/filter.json); "
-        f"{pre['encoded']} latents in buckets "
-        + ", ".join(f"{b} ({n['train']} train, {n['val']} val)" for b, n in pre["buckets"].items())
-        + f"; source area kept: mean {pre['area_kept']['mean']:.3f}, min {pre['area_kept']['min']:.3f}",
+        f"- {train['steps']} steps ({train['stop_reason']}), best val MSE {_fmt(train['best_val']['mse'])} at step "
+        f"{train['best_step']}; {train['steps_per_second']} steps/s on {train['system']['device']}",
+        f"- {train['trainable_params']} trainable LoRA parameters in {train['lora_modules']} modules",
+        f"- data: {filtering['kept']} images kept of {filtering['input_captions']} captions "
+        f"({sum(filtering['dropped'].values())} dropped, reasons in reports/filter.json); "
+        f"{precompute['encoded']} latents in buckets "
+        + ", ".join(f"{b} ({n['train']} train, {n['val']} val)" for b, n in precompute["buckets"].items())
+        + f"; source area kept: mean {precompute['area_kept']['mean']:.3f}, min {precompute['area_kept']['min']:.3f}",
         "",
         "## Images (base vs LoRA, same seeds)",
         "",
         "![grid](generate/grid.png)",
         "",
         "Seconds per image: " + ", ".join(f"{k.removeprefix('steps_')} steps {v:.3f}"
-                                          for k, v in gen["seconds_per_image"].items()),
+                                          for k, v in generate["seconds_per_image"].items()),
         "",
     ]

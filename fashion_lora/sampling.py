@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 from PIL import Image
@@ -101,10 +101,10 @@ def reset_cuda_graphs(unet) -> None:
 def sample_image(pipe, prompt: str, negative_prompt: str, steps: int, guidance_scale: float, seed: int,
                    height: int, width: int) -> Image.Image:
     """One image; the noise comes from a CPU generator so a seed means the same image anywhere."""
-    gen = torch.Generator("cpu").manual_seed(seed)
+    generator = torch.Generator("cpu").manual_seed(seed)
     with torch.inference_mode():
         out = pipe(prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
-                   guidance_scale=guidance_scale, height=height, width=width, generator=gen)
+                   guidance_scale=guidance_scale, height=height, width=width, generator=generator)
     return out.images[0]
 
 
@@ -113,23 +113,24 @@ def slug(text: str, n: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n].rstrip("-") or "prompt"
 
 
-def sample_prompt_grid(pipe, gen: GenerateParams, size: tuple[int, int], out_dir: Path) -> tuple[dict, dict[int, list[float]]]:
-    """Every prompt x step count, base and LoRA with the same seed (`gen.seed` + prompt number),
+def sample_prompt_grid(pipe, settings: GenerateParams, size: tuple[int, int],
+                       out_dir: Path) -> tuple[dict, dict[int, list[float]]]:
+    """Every prompt x step count, base and LoRA with the same seed (`settings.seed` + prompt number),
     at `size` (height, width), saved as PNGs in `out_dir`. All base images come first (the LoRA
-    is then fused in once when `gen.fuse_lora`). Returns the images by (prompt number, steps,
+    is then fused in once when `settings.fuse_lora`). Returns the images by (prompt number, steps,
     model) and the seconds each image took, by step count."""
     from tqdm import tqdm
 
-    seconds: dict[int, list[float]] = {s: [] for s in gen.steps}
+    seconds: dict[int, list[float]] = {s: [] for s in settings.steps}
     images = {}
-    bar = tqdm(total=2 * len(gen.prompts) * len(gen.steps), desc="generate", unit="img")
+    bar = tqdm(total=2 * len(settings.prompts) * len(settings.steps), desc="generate", unit="img")
     for model in ("base", "lora"):
-        with lora_enabled(pipe, model == "lora", fuse=gen.fuse_lora):
-            for i, prompt in enumerate(gen.prompts):
-                for steps in gen.steps:
+        with lora_enabled(pipe, model == "lora", fuse=settings.fuse_lora):
+            for i, prompt in enumerate(settings.prompts):
+                for steps in settings.steps:
                     t0 = time.perf_counter()
-                    image = sample_image(pipe, prompt, gen.negative_prompt, steps, gen.guidance_scale, gen.seed + i,
-                                         *size)
+                    image = sample_image(pipe, prompt, settings.negative_prompt, steps, settings.guidance_scale,
+                                         settings.seed + i, *size)
                     seconds[steps].append(time.perf_counter() - t0)
                     image.save(out_dir / f"{i:02d}_{slug(prompt)}_{steps}steps_{model}.png")
                     images[i, steps, model] = image

@@ -12,12 +12,12 @@ import logging
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 from . import synthetic
-from .captions import load_captions
 from .archives import flatten_into, safe_extract
+from .captions import load_captions
 from .params import ArchiveLimits, Params
 from .utils import UserError, file_sha256
 
@@ -77,7 +77,7 @@ def _images_from(path: Path, limits: ArchiveLimits, images: Path, work: Path) ->
     raise UserError(f"data.local.images: {path} is neither a folder nor a zip archive")
 
 
-def _check_sha256(path: Path, expected: Optional[str], key: str) -> str:
+def _check_sha256(path: Path, expected: str | None, key: str) -> str:
     digest = file_sha256(path)
     if expected and digest != expected.lower():
         raise UserError(f"{path.name}: sha256 {digest} does not match {key}={expected}; the download "

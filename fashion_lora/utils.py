@@ -1,4 +1,5 @@
-"""Small shared helpers: logging, seeding, device choice, atomic file writes, stage entry."""
+"""Small shared helpers: logging, torch settings and seeding, device choice, atomic file writes,
+stage entry."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import random
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     import torch
+
+    from .params import Params
 
 log = logging.getLogger("fashion_lora")
 
@@ -53,7 +57,6 @@ def run_stage(main: Callable[[], None]) -> None:
 
     setup_logging()
     try:
-        set_cpu_threads()
         main()
     except (ParamError, UserError) as e:
         log.error("%s", e)
@@ -64,16 +67,35 @@ def run_stage(main: Callable[[], None]) -> None:
         sys.exit(130)
 
 
-def set_cpu_threads(params_file: str = "params.yaml") -> None:
-    """Give torch the `cpu_threads` of params.yaml: CPU float results (and so DVC's hashes)
-    depend on the thread count, not on the machine (measured), so a fixed count reproduces."""
+def configure_torch(params: Params, stage: str) -> None:
+    """Every process-wide torch setting a stage needs, from the params it already loaded, in one
+    place: CPU threads, seeds, and for training TF32 and dynamo's compile limit.
+
+    `cpu_threads`: CPU float results (and so DVC's hashes) depend on the thread count, not on
+    the machine's load (measured), so a fixed count reproduces on the same CPU family.
+    """
     import torch
 
-    from .params import load_params
+    if params.cpu_threads is not None:
+        torch.set_num_threads(params.cpu_threads)
+    set_seed(params.seed)
+    if stage != "train":
+        return
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True  # Ampere+: TF32 matmuls for the fp32 parts
+        torch.backends.cudnn.allow_tf32 = True
+    if params.train.compile != "none":
+        raise_recompile_limit()
 
-    threads = load_params(params_file).cpu_threads
-    if threads is not None:
-        torch.set_num_threads(threads)
+
+def raise_recompile_limit(limit: int = 64) -> None:
+    """SD1.5 has more distinct block shapes than dynamo's default of 8 compiled versions per
+    function (`train.compile`)."""
+    import torch._dynamo
+
+    for name in ("recompile_limit", "cache_size_limit"):  # renamed in torch 2.6; both exist in some versions
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), limit))
 
 
 def ignore_sigint() -> None:
@@ -93,6 +115,12 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def mix_seed(seed: int, offset: int) -> int:
+    """A reproducible seed derived from the run's `seed` and an `offset` (a step, a stream, an
+    item): the one mixing rule, so streams of one run never share seeds by accident."""
+    return (seed * 1_000_003 + offset) % (2**63 - 1)
+
+
 def resolve_device(name: str, key: str) -> torch.device:
     """Map a device param (`auto` | `cpu` | `cuda`) to a torch.device; `key` names the param."""
     import torch
@@ -109,19 +137,7 @@ def resolve_device(name: str, key: str) -> torch.device:
     raise UserError(f"{key} must be auto, cpu or cuda, got {name!r}")
 
 
-def inference_dtype(precision: str, device: torch.device, key: str) -> torch.dtype:
-    """Weights dtype of an inference pipeline: `auto` = fp16 on CUDA (half the memory traffic),
-    fp32 on CPU (half precision is slow or missing there); `key` names the param."""
-    import torch
-
-    if precision == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    if precision == "fp16" and device.type != "cuda":
-        raise UserError(f"{key}: fp16 needs a CUDA GPU; on CPU use fp32 (or auto)")
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-
-
-def worker_count(workers: "int | str") -> int:
+def worker_count(workers: int | str) -> int:
     """A `workers` param: a process count, or `auto` = this machine's cores."""
     return (os.cpu_count() or 1) if workers == "auto" else int(workers)
 

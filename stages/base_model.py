@@ -4,16 +4,17 @@
 import logging
 
 from fashion_lora import paths
-from fashion_lora.base import provision_base
 from fashion_lora.params import load_params
 from fashion_lora.pretrain import provision_tiny
-from fashion_lora.utils import atomic_dir, run_stage, write_json
+from fashion_lora.provision import provision_base
+from fashion_lora.utils import atomic_dir, configure_torch, run_stage, write_json
 
 log = logging.getLogger("stages.base_model")
 
 
 def main() -> None:
     params = load_params()
+    configure_torch(params, "base_model")
     with atomic_dir(paths.BASE) as tmp:
         if params.model.base == "tiny":
             info = provision_tiny(params.seed, tmp, params.model.pretrain, params.precompute)

@@ -7,29 +7,30 @@ from fashion_lora import paths
 from fashion_lora.captions import load_captions
 from fashion_lora.filtering import filter_entries, filter_report, sample_and_split, to_frame, write_export_zip
 from fashion_lora.params import load_params
-from fashion_lora.utils import atomic_dir, atomic_write_text, run_stage, write_json
+from fashion_lora.utils import atomic_dir, atomic_write_text, configure_torch, run_stage, write_json
 
 log = logging.getLogger("stages.filter")
 
 
 def main() -> None:
     params = load_params()
-    flt = params.filter
+    configure_torch(params, "filter")
+    settings = params.filter
     captions = load_captions(paths.RAW_CAPTIONS)
     t0 = time.perf_counter()
-    kept, drops, converted = filter_entries(captions, paths.RAW_IMAGES, flt)
+    kept, drops, converted = filter_entries(captions, paths.RAW_IMAGES, settings)
     seconds = time.perf_counter() - t0
-    rows = sample_and_split(kept, flt.sample_size, flt.val_fraction, params.seed)
+    rows = sample_and_split(kept, settings.sample_size, settings.val_fraction, params.seed)
     df = to_frame(rows, str(paths.RAW_IMAGES))
     atomic_write_text(paths.CSV, df.to_csv(index=False))
     with atomic_dir(paths.EXPORT) as out:
-        if flt.export_zip:
+        if settings.export_zip:
             write_export_zip(out / "fashion_subset.zip", df, paths.RAW_IMAGES)
         else:
             (out / "README.txt").write_text("Set filter.export_zip: true to export the kept images "
                                             "and CSV as fashion_subset.zip here.\n")
     on_disk = sum(1 for f in paths.RAW_IMAGES.iterdir() if f.is_file())
-    report = filter_report(captions, on_disk, kept, df, drops, converted, seconds, flt)
+    report = filter_report(captions, on_disk, kept, df, drops, converted, seconds, settings)
     write_json(paths.FILTER_REPORT, report)
     log.info("kept %d of %d captions (train %d, val %d); dropped %s; %.0f images/s",
              len(df), len(captions), report["train"], report["val"],

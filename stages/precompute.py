@@ -6,25 +6,26 @@ import pandas as pd
 
 from fashion_lora import paths
 from fashion_lora.base import load_base, model_step
-from fashion_lora.params import load_params
 from fashion_lora.buckets import bucket_name, buckets_for
+from fashion_lora.params import load_params
+from fashion_lora.precision import inference_dtype
 from fashion_lora.precompute import encode_dataset, precompute_report
-from fashion_lora.utils import inference_dtype, resolve_device, run_stage, set_seed, write_json
+from fashion_lora.utils import configure_torch, resolve_device, run_stage, write_json
 
 log = logging.getLogger("stages.precompute")
 
 
 def main() -> None:
     params = load_params()
-    pre = params.precompute
-    set_seed(params.seed)
-    device = resolve_device(pre.device, "precompute.device")
+    configure_torch(params, "precompute")
+    settings = params.precompute
+    device = resolve_device(settings.device, "precompute.device")
     df = pd.read_csv(paths.CSV, keep_default_na=False)
-    base = load_base(paths.BASE, device, inference_dtype(pre.precision, device, "precompute.precision"))
-    buckets = buckets_for(pre, model_step(base.vae, base.unet))
-    log.info("%s at %d px: %s", pre.shape, pre.resolution, ", ".join(bucket_name(b) for b in buckets))
-    index, drops, seconds = encode_dataset(df, base.vae, pre, paths.LATENTS, buckets)
-    report = precompute_report(index, len(df), drops, seconds, paths.LATENTS, device, pre)
+    base = load_base(paths.BASE, device, inference_dtype(settings.precision, device, "precompute.precision"))
+    buckets = buckets_for(settings, model_step(base.vae, base.unet))
+    log.info("%s at %d px: %s", settings.shape, settings.resolution, ", ".join(bucket_name(b) for b in buckets))
+    index, drops, seconds = encode_dataset(df, base.vae, settings, paths.LATENTS, buckets)
+    report = precompute_report(index, len(df), drops, seconds, paths.LATENTS, device, settings)
     write_json(paths.PRECOMPUTE_REPORT, report)
     log.info("encoded %d of %d rows into %d shard(s); per bucket %s; area kept mean %.3f min %.3f; dropped %s; "
              "%.1f images/s on %s", report["encoded"], len(df), report["shards"], report["buckets"],

@@ -9,18 +9,18 @@ import logging
 from fashion_lora import paths
 from fashion_lora.params import load_params
 from fashion_lora.training import Outputs, train
-from fashion_lora.utils import run_stage, write_json
+from fashion_lora.utils import configure_torch, run_stage, write_json
 
 log = logging.getLogger("stages.train")
 
 
 def main() -> None:
     params = load_params()
-    out = Outputs(lora_dir=paths.LORA, live_dir=paths.TRAIN_LIVE, report=paths.TRAIN_REPORT,
-                  checkpoint_dir=paths.CHECKPOINTS)
+    configure_torch(params, "train")
+    out = Outputs(lora_dir=paths.LORA, live_dir=paths.TRAIN_LIVE, checkpoint_dir=paths.CHECKPOINTS)
     report = train(params, paths.BASE, paths.LATENTS, out)
     if report:  # main process only
-        write_json(out.report, report)
+        write_json(paths.TRAIN_REPORT, report)
         log.info("done: %d steps (%s), best val MSE %.5f at step %d (base %.5f), %.2f steps/s",
                  report["steps"], report["stop_reason"], report["best_val"]["mse"], report["best_step"],
                  report["base_val"]["mse"] if report["base_val"] else float("nan"), report["steps_per_second"])

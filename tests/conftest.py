@@ -20,7 +20,7 @@ def params() -> Params:
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
-    from fashion_lora.base import provision_base
+    from fashion_lora.provision import provision_base
 
     out = tmp_path_factory.mktemp("tiny") / "base"
     provision_base("tiny-random", 42, out)

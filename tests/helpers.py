@@ -153,7 +153,7 @@ def crash_at(step: int):
 
 
 def outputs(root: Path) -> Outputs:
-    return Outputs(root / "lora", root / "live", root / "report.json", root / "ckpt")
+    return Outputs(lora_dir=root / "lora", live_dir=root / "live", checkpoint_dir=root / "ckpt")
 
 
 def blur(img: Image.Image, radius: float = 6.0) -> Image.Image:

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fashion_lora.buckets import buckets_for
 from fashion_lora.captions import load_captions
 from fashion_lora.filtering import filter_entries, sample_and_split
-from fashion_lora.buckets import buckets_for
 from fashion_lora.images import load_rgb, prepare
 from fashion_lora.sources import fetch
 from fashion_lora.utils import UserError
@@ -151,12 +151,12 @@ class Evil:
 
 
 def test_pickle_checkpoint_is_refused_not_run(tmp_path, caplog):
-    from fashion_lora.training import _load_checkpoint
+    from fashion_lora.training.checkpoint import load_checkpoint
 
     Path("/tmp/fashion_lora_pwned").unlink(missing_ok=True)
     with open(tmp_path / "checkpoint.pt", "wb") as f:
         pickle.dump({"fingerprint": Evil()}, f)
-    assert _load_checkpoint(tmp_path / "checkpoint.pt", "x") is None
+    assert load_checkpoint(tmp_path / "checkpoint.pt", "x") is None
     assert not Path("/tmp/fashion_lora_pwned").exists()
     assert "ignoring unreadable checkpoint" in caplog.text
 

@@ -10,16 +10,19 @@ import pytest
 import torch
 from PIL import Image
 
-from fashion_lora import diffusion
-from fashion_lora.base import load_base, model_step, sd15_unet_config
+from fashion_lora.base import load_base, model_step
 from fashion_lora.buckets import buckets_for, make_buckets, nearest_bucket, size_step
 from fashion_lora.evaluation import dominant_color, torso_box
 from fashion_lora.images import area_kept, resize_crop
-from fashion_lora.latents import LatentGroups, LatentsError, image_size, load_latents
+from fashion_lora.inference import image_size
+from fashion_lora.latents import LatentGroups, LatentsError, load_latents
 from fashion_lora.lora import LORA_WEIGHTS
+from fashion_lora.sd15 import sd15_unet_config
 from fashion_lora.sheets import grid
 from fashion_lora.synthetic import COLORS, Garments, render
-from fashion_lora.training import LatentBatches, train
+from fashion_lora.training import train
+from fashion_lora.training.data import LatentBatches
+from fashion_lora.val_loss import eval_losses, fixed_eval
 from tests.helpers import CAPTIONS, Crash, crash_at, outputs, small_params, train_params
 
 DEEPFASHION = (750, 1101)  # every DeepFashion-MultiModal image
@@ -97,16 +100,16 @@ def test_batches_come_from_one_bucket_and_ranks_never_share_items(tiny_base):
 
 
 def test_val_plan_over_buckets_is_fixed_per_item_and_batching_does_not_change_it(tiny_base):
-    a = diffusion.fixed_eval([(4, 8, 8), (4, 12, 8), (4, 8, 8)], 2, 1000, seed=5)
-    b = diffusion.fixed_eval([(4, 8, 8), (4, 8, 8), (4, 8, 12)], 2, 1000, seed=5)
+    a = fixed_eval([(4, 8, 8), (4, 12, 8), (4, 8, 8)], 2, 1000, seed=5)
+    b = fixed_eval([(4, 8, 8), (4, 8, 8), (4, 8, 12)], 2, 1000, seed=5)
     assert torch.equal(a.timesteps, b.timesteps)
     assert torch.equal(a.noise[0], b.noise[0]) and a.noise[1].shape == (4, 12, 8)  # item 0: same noise
     base = load_base(tiny_base, torch.device("cpu"))
     gen = torch.Generator().manual_seed(0)
     latents = [torch.randn(s, generator=gen) for s in [(4, 8, 8), (4, 12, 8), (4, 8, 8)]]
     ehs = torch.randn(3, 77, base.text_encoder.config.hidden_size, generator=gen)
-    one = diffusion.eval_losses(base.unet, base.noise_scheduler, latents, ehs, a, batch_size=1)
-    many = diffusion.eval_losses(base.unet, base.noise_scheduler, latents, ehs, a, batch_size=8)
+    one = eval_losses(base.unet, base.noise_scheduler, latents, ehs, a, batch_size=1)
+    many = eval_losses(base.unet, base.noise_scheduler, latents, ehs, a, batch_size=8)
     assert torch.allclose(one[0], many[0], atol=1e-5) and len(one[0]) == 6
 
 

@@ -6,48 +6,60 @@ from pathlib import Path
 
 import yaml
 
+from fashion_lora import code_deps
 from tests.helpers import REPO
 
 SPEC = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
 
 
-def _local_imports(path: Path) -> set[str]:
-    mods = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and (node.module is None and node.level == 1
-                                                 or node.module == "fashion_lora"):
-            mods.update(a.name for a in node.names)  # from . import x / from fashion_lora import x
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            if node.module.startswith("fashion_lora."):
-                mods.add(node.module.split(".")[1])
-            elif node.level == 1:
-                mods.add(node.module)
-    return mods
-
-
 def _closure(stage: str) -> set[str]:
-    todo, seen = [REPO / f"stages/{stage}.py"], set()
-    while todo:
-        for m in _local_imports(todo.pop()):
-            if m not in seen:
-                seen.add(m)
-                todo.append(REPO / f"fashion_lora/{m}.py")
-    return {f"fashion_lora/{m}.py" for m in seen}
+    return {str(p) for p in code_deps.closure(REPO / f"stages/{stage}.py")}
+
+
+def _code_deps(stage: dict) -> set[str]:
+    """The stage's package deps as files: a folder dep stands for every module in it."""
+    files = set()
+    for dep in stage["deps"]:
+        if dep.startswith("fashion_lora/"):
+            path = REPO / dep
+            files |= ({str(f.relative_to(REPO)) for f in path.rglob("*.py")} if path.is_dir() else {dep})
+    return files
 
 
 def test_every_imported_module_is_a_dep():
     for name, stage in SPEC.items():
-        deps = set(stage["deps"])
-        assert f"stages/{name}.py" in deps
-        missing = _closure(name) - deps
+        assert f"stages/{name}.py" in stage["deps"]
+        missing = _closure(name) - _code_deps(stage)
         assert not missing, f"stage {name} imports {missing} but does not list them as deps"
 
 
 def test_no_stale_code_deps():
+    """A dep on a module the stage never imports reruns it for nothing (the rerun unit is wrong)."""
     for name, stage in SPEC.items():
-        code = {d for d in stage["deps"] if d.startswith("fashion_lora/")}
-        extra = code - _closure(name)
+        extra = _code_deps(stage) - _closure(name)
         assert not extra, f"stage {name} lists {extra} as deps but never imports them"
+
+
+def test_closure_follows_relative_imports_into_package_folders(tmp_path):
+    """The closure sees `from ..x import y` inside fashion_lora/training/ and function-level
+    imports, and the train stage's fingerprint hashes exactly its dvc.yaml code deps."""
+    from fashion_lora.training.checkpoint import train_code
+
+    train = _closure("train")
+    assert {"fashion_lora/training/loop.py", "fashion_lora/training/__init__.py", "fashion_lora/val_loss.py",
+            "fashion_lora/diffusion.py"} <= train
+    assert "fashion_lora/inference.py" in _closure("generate")
+    assert "fashion_lora/export.py" in {str(p) for p in code_deps.closure(REPO / "fashion_lora/cli.py")}  # lazy
+    assert {str(p) for p in train_code()} == {"stages/train.py"} | _code_deps(SPEC["train"])
+
+
+def test_train_only_modules_are_not_deps_of_the_expensive_stages():
+    """base_model (minutes of pretraining) and precompute never rerun for an edit to training,
+    validation, inference or the SD1.5 builders."""
+    for name in ("base_model", "precompute"):
+        deps = _code_deps(SPEC[name])
+        for module in ("training/loop.py", "val_loss.py", "inference.py", "sd15.py", "lora.py"):
+            assert f"fashion_lora/{module}" not in deps, (name, module)
 
 
 def test_params_read_are_declared():

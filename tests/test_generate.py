@@ -107,7 +107,8 @@ def test_fused_export_matches_adapter(tmp_path, tiny_base, trained):
     adapter = load_pipeline(tiny_base, trained, torch.device("cpu"))
     x, t, encoder_hidden_states = torch.randn(1, 4, 8, 8), torch.tensor([300]), torch.randn(1, 77, 64)
     with torch.no_grad():
-        assert (fused.unet(x, t, encoder_hidden_states).sample - adapter.unet(x, t, encoder_hidden_states).sample).abs().max() < 1e-4
+        want = adapter.unet(x, t, encoder_hidden_states).sample
+        assert (fused.unet(x, t, encoder_hidden_states).sample - want).abs().max() < 1e-4
     assert not any("lora" in k for k in fused.unet.state_dict())
 
 
@@ -116,8 +117,8 @@ def test_clip_score_with_a_local_model_and_clear_errors(tmp_path):
     with a local CLIP folder (a tiny random one here: the score's value means nothing)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from fashion_lora.base import build_clip_tokenizer
     from fashion_lora.evaluation import clip_score
+    from fashion_lora.tiny import build_clip_tokenizer
     from fashion_lora.utils import UserError
 
     img = [Image.new("RGB", (64, 64), "red")]

@@ -87,9 +87,9 @@ def test_ints_widen_to_float():
 
 def test_stage_exits_with_one_line_error(tmp_path):
     """A bad param stops a stage with exit code 2 and a message naming the key, no traceback."""
+    import shutil
     import subprocess
     import sys
-    import shutil
 
     shutil.copytree(REPO / "stages", tmp_path / "stages")
     shutil.copytree(REPO / "fashion_lora", tmp_path / "fashion_lora")
@@ -139,8 +139,9 @@ def test_stages_use_cpu_threads_from_params(tmp_path):
 
     for threads, expect in ((1, "1"), (None, None)):
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params(cpu_threads=threads)))
-        code = ("import torch; from fashion_lora.utils import set_cpu_threads; n = torch.get_num_threads(); "
-                "set_cpu_threads(); print(torch.get_num_threads(), n)")
+        code = ("import torch; from fashion_lora.params import load_params; from fashion_lora.utils import "
+                "configure_torch; n = torch.get_num_threads(); configure_torch(load_params(), 'train'); "
+                "print(torch.get_num_threads(), n)")
         out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
                              env={**__import__("os").environ, "PYTHONPATH": str(REPO)}).stdout.split()
         assert out[0] == (expect or out[1])  # empty: torch's own default is kept
@@ -159,7 +160,8 @@ def test_worker_counts_accept_auto_or_a_number():
 def test_inference_precision_by_device():
     import torch
 
-    from fashion_lora.utils import UserError, inference_dtype
+    from fashion_lora.precision import inference_dtype
+    from fashion_lora.utils import UserError
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert inference_dtype("auto", cpu, "k") == torch.float32 and inference_dtype("auto", cuda, "k") == torch.float16

@@ -281,8 +281,9 @@ def test_two_process_training_gives_one_adapter(repo):
     report = json.loads((repo / "reports/train_report.json").read_text())
     assert report["system"]["processes"] == 2 and report["steps"] == SMALL["train.max_steps"]
     assert report["best_val"]["mse"] < report["base_val"]["mse"] and report["text_encoder_lora_modules"] == 8
-    from fashion_lora.lora import load_pipeline, lora_components
     import torch
+
+    from fashion_lora.lora import load_pipeline, lora_components
 
     pipe = load_pipeline(repo / "models/base", repo / "models/lora", torch.device("cpu"))
     assert lora_components(pipe) == ["unet", "text_encoder"]

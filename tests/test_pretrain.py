@@ -9,16 +9,16 @@ import torch
 from PIL import Image
 
 from fashion_lora import diffusion
-from fashion_lora.base import build_tiny
+from fashion_lora.buckets import buckets_for
 from fashion_lora.evaluation import attribute_metrics, dominant_color
 from fashion_lora.images import resize_crop
 from fashion_lora.latents import ShardWriter, encode
 from fashion_lora.lora import load_pipeline
-from fashion_lora.sampling import lora_enabled
-from fashion_lora.buckets import buckets_for
 from fashion_lora.pretrain import COLOR_WORDS, by_shape, corpus, provision_tiny, psnr, train_vae, withhold
-from fashion_lora.training import Outputs, train
+from fashion_lora.sampling import lora_enabled
 from fashion_lora.synthetic import COLORS, Garments, caption_for, random_garments, render
+from fashion_lora.tiny import build_tiny
+from fashion_lora.training import Outputs, train
 from tests.helpers import small_params
 
 
@@ -83,7 +83,7 @@ def _colour_run(tmp_path: Path, seed: int) -> dict:
                          "bucket": [64, 96], "crop": [0, 0, 1, 1], "orig_size": [64, 96]})
     writer.close({"resolution": 64})
     out = tmp_path / "run"
-    train(p, base_dir, tmp_path / "latents", Outputs(out / "lora", out / "live", out / "report.json", out / "ckpt"))
+    train(p, base_dir, tmp_path / "latents", Outputs(lora_dir=out / "lora", live_dir=out / "live", checkpoint_dir=out / "ckpt"))
     pipe = load_pipeline(base_dir, out / "lora", torch.device("cpu"))
     metrics, _ = attribute_metrics(pipe, 8, 4, 20, p.generate.guidance_scale, "", 96, 64, seed)
     held = [i for i in range(len(captions)) if i % 20 == 0]
@@ -111,7 +111,8 @@ def _wrong_colour_loss_ratio(pipe, latents: torch.Tensor, captions: list[str]) -
     with torch.no_grad():
         for caps in (wrong, captions):
             encoder_hidden_states = diffusion.encode_text(pipe.text_encoder, diffusion.tokenize(pipe.tokenizer, caps)[0])
-            losses.append(float(diffusion.per_sample_losses(pipe.unet, scheduler, latents, noise, t, encoder_hidden_states)[0].mean()))
+            mse, _ = diffusion.per_sample_losses(pipe.unet, scheduler, latents, noise, t, encoder_hidden_states)
+            losses.append(float(mse.mean()))
     return losses[0] / losses[1]
 
 

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def sd15_unet():
-    from fashion_lora.base import build_sd15_unet
+    from fashion_lora.sd15 import build_sd15_unet
 
     return build_sd15_unet(seed=0)
 
@@ -21,7 +21,7 @@ def sd15_unet():
 def test_sd15_lora_targets_keys_and_shapes(sd15_unet):
     from diffusers import DDPMScheduler
 
-    from fashion_lora.base import SD_SCHEDULE
+    from fashion_lora.tiny import SD_SCHEDULE
 
     p = small_params().train.lora
     unet = sd15_unet

@@ -12,9 +12,15 @@ from fashion_lora.evaluation import val_losses
 from fashion_lora.export import export_fused
 from fashion_lora.latents import load_latents
 from fashion_lora.lora import KOHYA_WEIGHTS, LORA_WEIGHTS, attach_lora, load_pipeline, lora_components
-from fashion_lora.training import (CHECKPOINT, EarlyStop, Run, RunState, fingerprint, save_adapters, setup_data,
-                                   setup_model, train, training_loop)
+from fashion_lora.training import train
+from fashion_lora.training.checkpoint import fingerprint
+from fashion_lora.training.data import setup_data
+from fashion_lora.training.loop import training_loop
+from fashion_lora.training.report import save_adapters
+from fashion_lora.training.setup import make_accelerator, setup_model
+from fashion_lora.training.state import EarlyStop, Run, RunState
 from fashion_lora.utils import UserError
+from fashion_lora.val_loss import eval_losses, summarize
 from tests.helpers import CAPTIONS, Crash, crash_at, outputs, train_params
 
 CPU = torch.device("cpu")
@@ -32,15 +38,16 @@ def test_training_changes_only_the_lora_of_both_models_and_the_saved_file_reload
     and the saved file (`load_lora_weights`) gives the trained models' text embeddings and UNet
     output; the kohya file and the fused export reload to the same outputs."""
     p = train_params(max_steps=6, val_every=6, checkpoint_every=6, learning_rate=1e-2, text_encoder_lora=TE)
-    model = setup_model(p, tiny_base)
+    model = setup_model(p, tiny_base, make_accelerator(p.train))
     assert lora_components(model.base) == ["unet", "text_encoder"]
     before = {name: {k: v.clone() for k, v in m.state_dict().items() if "lora_" not in k}
               for name, m in model.adapters().items()}
     data = setup_data(p, model, latent_dir)
     assert data.text.table is None  # no cache: the encoder trains
     out = outputs(tmp_path)
-    run = Run(p, model, data, RunState(EarlyStop(10, 0.0)))
-    training_loop(run, out, tmp_path / CHECKPOINT, fingerprint(p, latent_dir, tiny_base, 1))
+    run = Run(params=p, model=model, data=data, state=RunState(early=EarlyStop(10, 0.0)), out=out,
+              fingerprint=fingerprint(p, latent_dir, tiny_base, 1))
+    training_loop(run)
     for name, m in model.adapters().items():
         after = m.state_dict()
         assert all(torch.equal(after[k], v) for k, v in before[name].items()), f"{name}: a base weight changed"
@@ -53,11 +60,11 @@ def test_training_changes_only_the_lora_of_both_models_and_the_saved_file_reload
     assert (trained_e - _embed(load_base(tiny_base, CPU, with_vae=False).text_encoder, tokenizer)).abs().max() > 1e-3
     # validation at step 6 scored the adapted embeddings, not the cached base ones
     val_e = diffusion.encode_text(model.base.text_encoder, data.val_ids).float()
-    mse, _ = diffusion.eval_losses(model.raw_unet, model.base.noise_scheduler, data.val_latents, val_e, data.val_plan, 16)
+    mse, _ = eval_losses(model.raw_unet, model.base.noise_scheduler, data.val_latents, val_e, data.val_plan, 16)
     assert run.state.history[-1]["step"] == 6
-    assert run.state.history[-1]["mse"] == pytest.approx(diffusion.summarize(mse, mse)["mse"], rel=1e-6)
+    assert run.state.history[-1]["mse"] == pytest.approx(summarize(mse, mse)["mse"], rel=1e-6)
 
-    save_adapters(run, out)
+    save_adapters(run)
     x, t = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([5, 300, 900])
     with torch.no_grad():
         want = model.raw_unet(x, t, trained_e).sample

@@ -8,12 +8,16 @@ import torch
 
 from fashion_lora import diffusion
 from fashion_lora.base import load_base
-from fashion_lora.lora import LORA_WEIGHTS, attach_lora, keep_lora_fp32, lora_state, load_pipeline, save_lora
 from fashion_lora.latents import LatentGroups
+from fashion_lora.lora import LORA_WEIGHTS, attach_lora, keep_lora_fp32, load_pipeline, lora_state, save_lora
 from fashion_lora.lr_schedule import lr_factor
-from fashion_lora.training import EarlyStop, train
+from fashion_lora.training import train
+from fashion_lora.training.data import latent_augment
+from fashion_lora.training.state import EarlyStop
 from fashion_lora.utils import UserError
+from fashion_lora.val_loss import biased_timesteps, fixed_eval
 from tests.helpers import CAPTIONS, Crash, crash_at, outputs, small_params, train_params
+
 
 def test_only_lora_params_change(tiny_base):
     p = train_params()
@@ -66,11 +70,12 @@ def test_saved_adapter_reloads_exactly_with_alpha_not_rank(tmp_path, tiny_base):
     cfg = attach_lora(base.unet, p.train.lora)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        for n, q in base.unet.named_parameters():
+        for _, q in base.unet.named_parameters():
             if q.requires_grad:
                 q.add_(0.05 * torch.randn(q.shape, generator=g))
     base.unet.eval()
-    x, t, encoder_hidden_states = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([5, 600]), torch.randn(2, 77, 64, generator=g)
+    x, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([5, 600])
+    encoder_hidden_states = torch.randn(2, 77, 64, generator=g)
     with torch.no_grad():
         ref = base.unet(x, t, encoder_hidden_states).sample
     save_lora(tmp_path, {"unet": lora_state(base.unet)}, {"unet": cfg})
@@ -226,16 +231,16 @@ def test_cuda_without_gpu_fails_fast(tmp_path, tiny_base, latent_dir):
 
 def test_latent_augment_is_seeded_and_shape_preserving():
     lat = torch.randn(6, 4, 8, 8)
-    a = diffusion.latent_augment(lat, torch.Generator().manual_seed(3), 0.5, 0.1, 0.5, 0.5, 0.7)
-    b = diffusion.latent_augment(lat, torch.Generator().manual_seed(3), 0.5, 0.1, 0.5, 0.5, 0.7)
+    a = latent_augment(lat, torch.Generator().manual_seed(3), 0.5, 0.1, 0.5, 0.5, 0.7)
+    b = latent_augment(lat, torch.Generator().manual_seed(3), 0.5, 0.1, 0.5, 0.5, 0.7)
     assert torch.equal(a, b) and a.shape == lat.shape
-    flipped = diffusion.latent_augment(lat, torch.Generator().manual_seed(3), 0, 0, 1.0, 0, 1.0)
+    flipped = latent_augment(lat, torch.Generator().manual_seed(3), 0, 0, 1.0, 0, 1.0)
     assert torch.equal(flipped, lat.flip(-1))
 
 
 def test_fixed_eval_plan_is_stratified_and_seeded():
-    a = diffusion.fixed_eval([(4, 8, 8)] * 10, 10, 1000, seed=1)
-    b = diffusion.fixed_eval([(4, 8, 8)] * 10, 10, 1000, seed=1)
+    a = fixed_eval([(4, 8, 8)] * 10, 10, 1000, seed=1)
+    b = fixed_eval([(4, 8, 8)] * 10, 10, 1000, seed=1)
     assert torch.equal(torch.stack(a.noise), torch.stack(b.noise)) and torch.equal(a.timesteps, b.timesteps)
     counts = torch.bincount(a.timesteps // 100, minlength=10)
     assert (counts == 10).all()  # every band of [0, T) gets its share
@@ -244,14 +249,14 @@ def test_fixed_eval_plan_is_stratified_and_seeded():
 
 def test_timestep_bias_shifts_draws_to_high_noise():
     u = torch.rand(20000, generator=torch.Generator().manual_seed(0))
-    uniform, biased = diffusion.biased_timesteps(u, 1000, 1.0), diffusion.biased_timesteps(u, 1000, 3.0)
+    uniform, biased = biased_timesteps(u, 1000, 1.0), biased_timesteps(u, 1000, 3.0)
     assert uniform.dtype == torch.int64 and int(uniform.min()) >= 0 and int(biased.max()) <= 999
     assert math.isclose(float(uniform.float().mean()), 499.5, abs_tol=10)
     assert math.isclose(float(biased.float().mean()), 749.5, abs_tol=10)  # E[u^(1/3)] = 3/4
     assert (biased >= uniform).all()  # the same draw only moves towards noise
-    plan = diffusion.fixed_eval([(4, 8, 8)] * 10, 10, 1000, seed=1, bias=3.0)
+    plan = fixed_eval([(4, 8, 8)] * 10, 10, 1000, seed=1, bias=3.0)
     assert math.isclose(float(plan.timesteps.float().mean()), 750, abs_tol=30)
-    assert torch.equal(torch.stack(plan.noise), torch.stack(diffusion.fixed_eval([(4, 8, 8)] * 10, 10, 1000, seed=1).noise))
+    assert torch.equal(torch.stack(plan.noise), torch.stack(fixed_eval([(4, 8, 8)] * 10, 10, 1000, seed=1).noise))
 
 
 def test_samples_while_training_are_logged_per_step(tmp_path, tiny_base, latent_dir):
@@ -292,7 +297,7 @@ def test_adamw8bit_without_bitsandbytes_is_a_clear_error(tmp_path, tiny_base, la
 
 
 def test_batches_rows_and_cached_text_embeddings(tiny_base):
-    from fashion_lora.training import LatentBatches, TextEmbeddings
+    from fashion_lora.training.data import LatentBatches, TextEmbeddings
 
     p = train_params()
     p = replace(p, train=replace(p.train, captions=replace(p.train.captions, dropout_prob=0.3, quality_prob=0.3)))
@@ -330,7 +335,6 @@ def test_rerun_of_a_finished_run_rewrites_identical_files(tmp_path, tiny_base, l
     p = train_params(max_steps=6, val_every=3, checkpoint_every=3)
     out = outputs(tmp_path)
     report = train(p, tiny_base, latent_dir, out)
-    (out.report).write_text(json.dumps(report))
     files = {f: f.read_bytes() for f in sorted((tmp_path / "lora").rglob("*")) + sorted((tmp_path / "live").rglob("*"))
              if f.is_file()}
     import shutil
@@ -366,7 +370,7 @@ def test_resume_restores_its_own_curves_over_a_stale_live_folder(tmp_path, tiny_
 
 
 def test_checkpoint_refusal_names_what_changed():
-    from fashion_lora.training import mismatch
+    from fashion_lora.training.checkpoint import mismatch
 
     saved = {"params": json.dumps({"seed": 42, "train": {"max_steps": 300, "lora": {"rank": 12}}}),
              "processes": "1", "latents": "a", "base": "b", "code": "c",
@@ -418,7 +422,7 @@ def test_regional_compile_gives_the_same_loss_and_grads(tiny_base):
     """`train.compile: regional` compiles the repeated blocks in place (peft's LoRA layers traced
     inside): same loss and LoRA gradients as eager. The `aot_eager` backend checks the capture
     without minutes of C++ compilation on a CPU; the GPU benchmark runs inductor."""
-    from fashion_lora.training import COMPILE_REGIONS, compile_unet
+    from fashion_lora.training.setup import COMPILE_REGIONS, compile_unet
 
     def loss_and_grads(mode):
         base = load_base(tiny_base, torch.device("cpu"), with_vae=False)
@@ -444,7 +448,7 @@ def test_regional_compile_gives_the_same_loss_and_grads(tiny_base):
 def test_ema_update_rule_and_swap_on_a_toy_parameter():
     """shadow <- d * shadow + (1 - d) * w, with d ramping as (1 + s) / (10 + s) up to `decay`;
     `applied()` shows the average inside the block and restores the trained weights after it."""
-    from fashion_lora.training import LoraEMA
+    from fashion_lora.training.state import LoraEMA
 
     w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     ema = LoraEMA([w], decay=0.9, warmup=True)

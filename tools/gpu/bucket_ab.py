@@ -1,6 +1,9 @@
 """A/B of the train stage at the square (512x512) and the portrait bucket (512x768) in one
 process, alternating, after a warm-up run, so neither pays the first run's warm-up."""
-import json, os, sys, tempfile
+import json
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 from benchmarks import gpu as g

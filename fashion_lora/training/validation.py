@@ -1,0 +1,83 @@
+"""Validation during training: `validate` measures the current adapter on the fixed plan (a pure
+function of the weights), `record_validation` keeps what the run needs of it (early stopping,
+the best adapter, history, curves, optional samples)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from .. import diffusion
+from ..params import TrainParams
+from ..val_loss import eval_losses, summarize
+from .data import Data
+from .setup import Model
+from .state import Run
+
+log = logging.getLogger(__name__)
+
+
+def validate(model: Model, data: Data, batch_size: int, desc: str | None = None) -> dict[str, float]:
+    """Val MSE, MAE and loss std of the current adapter (its moving average with `train.ema`) on
+    the fixed plan. Leaves the weights and train mode as they were."""
+    model.train_mode(False)
+    with model.eval_weights():
+        with model.accelerator.autocast():  # a half-precision base with fp32 LoRA needs autocast on GPU
+            encoder_hidden_states = (data.val_encoder_hidden_states if model.text_encoder is None else
+                                     diffusion.encode_text(model.base.text_encoder, data.val_ids).float().cpu())
+            mse, mae = eval_losses(model.raw_unet, model.base.noise_scheduler, data.val_latents,
+                                   encoder_hidden_states, data.val_plan, batch_size=batch_size, desc=desc)
+    model.train_mode(True)
+    return summarize(mse, mae)
+
+
+def record_validation(run: Run, step: int, metrics: dict[str, float]) -> None:
+    """Update early stopping, keep the best adapter, render a sample when due, and log the
+    metrics (history, dvclive, the log line, the `on_validation` callback)."""
+    model, state, train_params = run.model, run.state, run.params.train
+    improved = state.early.update(metrics["mse"], step)
+    if improved:
+        with model.eval_weights():
+            state.best_lora = model.adapter_state()
+    if run.live is not None and train_params.samples.every and len(state.history) % train_params.samples.every == 0:
+        log_sample(run, step)
+    state.history.append({"step": step, **metrics})
+    if run.live is not None:
+        run.live.step = step
+        for k, v in metrics.items():
+            run.live.log_metric(f"val/{k}", v)
+    log.info("step %d: val MSE %.5f MAE %.5f std %.5f%s", step, metrics["mse"], metrics["mae"],
+             metrics["loss_std"], " (best)" if improved else f" (no improvement x{state.early.bad})")
+    if run.on_validation:
+        run.on_validation(step, metrics)
+
+
+def run_validation(run: Run, step: int) -> None:
+    """Validate at `step` (0 = the base model itself, LoRA B = 0) and record it."""
+    batch_size = max(run.params.train.batch_size, 16)
+    metrics = validate(run.model, run.data, batch_size, desc="validation (base model)" if step == 0 else None)
+    record_validation(run, step, metrics)
+
+
+def log_sample(run: Run, step: int) -> None:
+    """A fixed prompt and seed through the current adapter, logged as a step-numbered image."""
+    model = run.model
+    model.train_mode(False)
+    with model.eval_weights(), model.accelerator.autocast():
+        image = _render_sample(model.base, model.raw_unet, run.params.train, run.data.sample_size)
+    model.train_mode(True)
+    run.live.log_image(f"samples/step_{step:06d}.png", image)
+
+
+def _render_sample(base, unet, train_params: TrainParams, size: tuple[int, int]):
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+    samples = train_params.samples
+    pipe = StableDiffusionPipeline(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer,
+                                   unet=unet, scheduler=DDIMScheduler.from_config(base.noise_scheduler.config),
+                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    generator = torch.Generator().manual_seed(samples.seed)
+    return pipe(samples.prompt, num_inference_steps=samples.steps, guidance_scale=samples.guidance_scale,
+                height=size[0], width=size[1], generator=generator).images[0]
