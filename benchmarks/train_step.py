@@ -126,8 +126,9 @@ def breakdown(base_dir: Path, params, latent_dir: Path, n: int = 200) -> dict:
     from fashion_lora.training.data import LatentBatches, TextEmbeddings
 
     base = load_base(base_dir, torch.device("cpu"), with_vae=False)
-    train = load_latents(latent_dir, "train")
-    batches = LatentBatches(train, [it["caption"] for it in train.items], base.tokenizer, params.train, params.seed)
+    train_latents = load_latents(latent_dir, "train")
+    captions = [it["caption"] for it in train_latents.items]
+    batches = LatentBatches(train_latents, captions, base.tokenizer, params.train, params.seed)
     text = TextEmbeddings(base.text_encoder, batches.token_ids, torch.device("cpu"))
 
     def per_call(fn) -> float:

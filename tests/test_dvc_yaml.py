@@ -45,9 +45,8 @@ def test_closure_follows_relative_imports_into_package_folders(tmp_path):
     imports, and the train stage's fingerprint hashes exactly its dvc.yaml code deps."""
     from fashion_lora.training.checkpoint import train_code
 
-    train = _closure("train")
     assert {"fashion_lora/training/loop.py", "fashion_lora/training/__init__.py", "fashion_lora/val_loss.py",
-            "fashion_lora/diffusion.py"} <= train
+            "fashion_lora/diffusion.py"} <= _closure("train")
     assert "fashion_lora/inference.py" in _closure("generate")
     assert "fashion_lora/export.py" in {str(p) for p in code_deps.closure(REPO / "fashion_lora/cli.py")}  # lazy
     assert {str(p) for p in train_code()} == {"stages/train.py"} | _code_deps(SPEC["train"])
