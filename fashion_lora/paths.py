@@ -10,6 +10,7 @@ PARAMS = Path("params.yaml")
 
 # check (runs first: a bad param stops here, before DVC deletes any output)
 CHECK = Path("reports/check.txt")
+DISK_REPORT = Path("reports/disk.json")  # the disk this run needs, by output (fashion_lora/disk.py)
 
 # download
 RAW = Path("data/raw")

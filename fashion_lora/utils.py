@@ -4,6 +4,7 @@ stage entry."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -33,6 +34,39 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C, with the one line that says where the stage stopped and how to go on."""
 
 
+class DiskFull(UserError):
+    """A write ran out of disk space (ENOSPC) or quota (EDQUOT): one line naming the file, the
+    free space left there and the way out."""
+
+    @classmethod
+    def from_error(cls, error: OSError, path: str | Path) -> DiskFull:
+        target = Path(error.filename) if isinstance(error.filename, str) else Path(path)
+        return cls(f"disk full: writing {target} failed ({error.strerror or os.strerror(error.errno)}; "
+                   f"{_human(free_bytes(target))} free on that filesystem). Free space there, point DVC's cache "
+                   "elsewhere (`dvc cache dir /bigger/disk`) or drop unused cache entries (`dvc gc -w`), then run the "
+                   "same command again; the previous outputs are still in DVC's cache and `dvc checkout` restores them")
+
+
+def is_disk_full(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the filesystem that holds `path` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
@@ -60,6 +94,11 @@ def run_stage(main: Callable[[], None]) -> None:
         main()
     except (ParamError, UserError) as e:
         log.error("%s", e)
+        sys.exit(2)
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        log.error("%s", DiskFull.from_error(e, Path.cwd()))  # a full disk outside the atomic writers
         sys.exit(2)
     except KeyboardInterrupt as e:  # Ctrl-C: one line, no traceback, the shell's exit code for SIGINT
         log.error("%s", str(e) or "interrupted; outputs are written atomically, so each is the previous "
@@ -162,13 +201,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temp file beside `path`, fsync, then rename: readers see old or new, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_beside(path)
+    try:
+        tmp = _tmp_beside(path)
+    except OSError as e:
+        raise DiskFull.from_error(e, path) if is_disk_full(e) else e from None
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFull.from_error(e, path) from None  # named by its destination, not the temp file
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -214,7 +260,8 @@ def write_json(path: str | Path, obj: Any) -> None:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a fresh temp dir beside `path`; on success it replaces `path` whole.
 
-    A crash leaves the old `path` (or none) plus a `.tmp` dir that the next run removes.
+    A crash leaves the old `path` (or none) plus a `.tmp` dir that the next run removes; a full
+    disk inside the block (any writer: save_pretrained, PIL) becomes a `DiskFull` naming `path`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -231,6 +278,10 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
         if old.exists():
             shutil.rmtree(old)
+    except OSError as e:
+        if is_disk_full(e):
+            raise DiskFull.from_error(e, path) from None
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -4,6 +4,7 @@
 import logging
 
 from fashion_lora import paths
+from fashion_lora.disk import ensure_space
 from fashion_lora.params import load_params
 from fashion_lora.pretrain import provision_tiny
 from fashion_lora.provision import provision_base
@@ -15,6 +16,7 @@ log = logging.getLogger("stages.base_model")
 def main() -> None:
     params = load_params()
     configure_torch(params, "base_model")
+    ensure_space(params, "models/base")
     with atomic_dir(paths.BASE) as tmp:
         if params.model.base == "tiny":
             info = provision_tiny(params.seed, tmp, params.model.pretrain, params.precompute)

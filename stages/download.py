@@ -3,6 +3,7 @@
 import logging
 
 from fashion_lora import paths
+from fashion_lora.disk import ensure_space
 from fashion_lora.params import load_params
 from fashion_lora.sources import fetch
 from fashion_lora.utils import atomic_dir, configure_torch, run_stage, write_json
@@ -13,6 +14,7 @@ log = logging.getLogger("stages.download")
 def main() -> None:
     params = load_params()
     configure_torch(params, "download")
+    ensure_space(params, "data/raw")
     with atomic_dir(paths.RAW) as stage:  # a failed download leaves the previous data/raw intact
         summary = fetch(params, stage)
         write_json(stage / paths.RAW_SOURCE.name, summary)

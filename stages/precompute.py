@@ -7,6 +7,7 @@ import pandas as pd
 from fashion_lora import paths
 from fashion_lora.base import load_base, model_step
 from fashion_lora.buckets import bucket_name, buckets_for
+from fashion_lora.disk import ensure_space
 from fashion_lora.params import load_params
 from fashion_lora.precision import inference_dtype
 from fashion_lora.precompute import encode_dataset, precompute_report
@@ -18,6 +19,7 @@ log = logging.getLogger("stages.precompute")
 def main() -> None:
     params = load_params()
     configure_torch(params, "precompute")
+    ensure_space(params, "data/latents")
     settings = params.precompute
     device = resolve_device(settings.device, "precompute.device")
     df = pd.read_csv(paths.CSV, keep_default_na=False)

@@ -7,6 +7,7 @@ Multi-process: `accelerate launch --multi_gpu -m stages.train` (GPUs) or
 import logging
 
 from fashion_lora import paths
+from fashion_lora.disk import ensure_space
 from fashion_lora.params import load_params
 from fashion_lora.training import Outputs, train
 from fashion_lora.utils import configure_torch, run_stage, write_json
@@ -17,6 +18,7 @@ log = logging.getLogger("stages.train")
 def main() -> None:
     params = load_params()
     configure_torch(params, "train")
+    ensure_space(params, "models/lora", "models/checkpoints")
     out = Outputs(lora_dir=paths.LORA, live_dir=paths.TRAIN_LIVE, checkpoint_dir=paths.CHECKPOINTS)
     report = train(params, paths.BASE, paths.LATENTS, out)
     if report:  # main process only

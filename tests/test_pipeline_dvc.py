@@ -70,6 +70,20 @@ def test_outputs_are_complete_and_honest(repo):
     assert (repo / "reports/generate/grid.png").is_file()
 
 
+def test_disk_estimate_matches_what_the_run_wrote(repo):
+    """reports/disk.json, the check stage's estimate, against the bytes the run left in the
+    workspace and in DVC's cache: within 25% each (issue 27)."""
+    def size(path: Path) -> int:
+        files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+        return sum(f.stat().st_size for f in files)
+
+    report = json.loads((repo / "reports/disk.json").read_text())
+    written = sum(size(repo / k) for k in report["outputs"])
+    assert abs(report["workspace"] - written) <= 0.25 * written, (report, written)
+    cached = size(repo / ".dvc/cache")
+    assert report["cache_type"] == "reflink,copy" and abs(report["cache"] - cached) <= 0.25 * cached, (report, cached)
+
+
 def test_noop_repro_and_clean_status(repo):
     proc = dvc(repo, "repro")
     assert ran(proc) == set()

@@ -19,7 +19,7 @@ import torch
 
 from .. import diffusion
 from ..params import Params
-from ..utils import Interrupted, UserError, to_device
+from ..utils import DiskFull, Interrupted, UserError, is_disk_full, to_device
 from ..val_loss import biased_timesteps
 from .checkpoint import fingerprint, finished_run, open_live, restore_checkpoint, save_checkpoint
 from .data import sample_noise, setup_data, step_seed
@@ -49,10 +49,15 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
     if report is None:
         try:
             loop = training_loop(run)
+            accelerator.wait_for_everyone()
+            report = finish(run, loop) if accelerator.is_main_process else {}
         except KeyboardInterrupt:
             raise Interrupted(interrupted_message(run)) from None
-        accelerator.wait_for_everyone()
-        report = finish(run, loop) if accelerator.is_main_process else {}
+        except (DiskFull, OSError) as e:  # a checkpoint, the curves or the adapter hit a full disk
+            if not (isinstance(e, DiskFull) or is_disk_full(e)):
+                raise
+            full = e if isinstance(e, DiskFull) else DiskFull.from_error(e, run.out.live_dir)
+            raise DiskFull(f"{full}. {stopped_at(run)}") from None
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return report
@@ -175,9 +180,13 @@ def flush_step_log(run: Run, pending: Pending, bar) -> None:
     pending.clear()
 
 
-def interrupted_message(run: Run) -> str:
-    """The one line a Ctrl-C leaves: where it stopped and how to go on."""
+def stopped_at(run: Run) -> str:
+    """Where an interrupted run stopped and the last good checkpoint it can resume from."""
     saved = (f"last checkpoint at step {run.checkpoint_step} ({run.out.checkpoint})" if run.checkpoint_step is not None
              else "no checkpoint yet (train.checkpoint_every)")
-    return (f"train: stopped at step {run.state.step} of {run.params.train.max_steps}; {saved}. Run the same "
-            "`dvc repro` or `dvc exp run ...` command again to resume from it")
+    return f"train: stopped at step {run.state.step} of {run.params.train.max_steps}; {saved}"
+
+
+def interrupted_message(run: Run) -> str:
+    """The one line a Ctrl-C leaves: where it stopped and how to go on."""
+    return f"{stopped_at(run)}. Run the same `dvc repro` or `dvc exp run ...` command again to resume from it"
