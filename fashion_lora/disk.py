@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 from .params import Params
-from .utils import UserError, _human, free_bytes
+from .utils import UserError, existing_parent, free_bytes, human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -111,13 +111,17 @@ def estimate(params: Params) -> dict:
             "cache": cache, "cache_type": link, "hub_download": hub, "lora_params": lora // 4}
 
 
-def cache_link_type(root: Path = Path(".")) -> str:
-    """The first link type of DVC's `cache.type` (`.dvc/config`, then `config.local`); DVC's
-    default `reflink,copy` copies on filesystems without reflinks (ext4, tmpfs)."""
+def _dvc_config(root: Path) -> configparser.ConfigParser:
+    """DVC's project config (`.dvc/config`, then `config.local` over it)."""
     parser = configparser.ConfigParser()
     parser.read([root / ".dvc/config", root / ".dvc/config.local"])
-    value = parser.get("cache", "type", fallback="reflink,copy")
-    first = value.split(",")[0].strip()
+    return parser
+
+
+def cache_link_type(root: Path = Path(".")) -> str:
+    """The first link type of DVC's `cache.type`; DVC's default `reflink,copy` copies on
+    filesystems without reflinks (ext4, tmpfs)."""
+    first = _dvc_config(root).get("cache", "type", fallback="reflink,copy").split(",")[0].strip()
     return first if first != "reflink" else "reflink,copy"
 
 
@@ -129,9 +133,7 @@ def hub_cache_dir() -> Path:
 
 
 def cache_dir(root: Path = Path(".")) -> Path:
-    parser = configparser.ConfigParser()
-    parser.read([root / ".dvc/config", root / ".dvc/config.local"])
-    return (root / ".dvc" / parser.get("cache", "dir", fallback="cache")).resolve()
+    return (root / ".dvc" / _dvc_config(root).get("cache", "dir", fallback="cache")).resolve()
 
 
 def additional_need(report: dict, root: Path = Path("."), cache: Path | None = None,
@@ -155,9 +157,7 @@ def additional_need(report: dict, root: Path = Path("."), cache: Path | None = N
     hub = report.get("hub_download", 0) if "models/base" in keys and not (root / "models/base").exists() else 0
     needs: dict[int, list] = {}
     for where, need in ((root, workspace), (cache, cached), (hub_cache_dir(), hub)):
-        probe = where
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
+        probe = existing_parent(where)
         needs.setdefault(os.stat(probe).st_dev, [probe.resolve(), 0])[1] += need
     return {probe: need for probe, need in needs.values()}
 
@@ -169,12 +169,12 @@ def check_free_space(needs: dict[Path, int]) -> list[str]:
     for probe, need in needs.items():
         free = free_bytes(probe)
         if free < need:
-            raise UserError(f"disk: this run needs about {_human(need)} more on the filesystem of {probe} and "
-                            f"{_human(free)} is free (the estimate by output is in reports/disk.json). Free space, "
+            raise UserError(f"disk: this run needs about {human_bytes(need)} more on the filesystem of {probe} and "
+                            f"{human_bytes(free)} is free (the estimate by output is in reports/disk.json). Free space, "
                             "point DVC's cache elsewhere (`dvc cache dir /bigger/disk`), link instead of copying "
                             "(`dvc config cache.type hardlink,symlink`) or drop unused cache entries (`dvc gc -w`)")
         if need and free < need * MARGIN:
-            warnings.append(f"disk: {_human(free)} free on the filesystem of {probe}, close to the {_human(need)} "
+            warnings.append(f"disk: {human_bytes(free)} free on the filesystem of {probe}, close to the {human_bytes(need)} "
                             "this run still needs there")
     return warnings
 

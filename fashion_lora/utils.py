@@ -42,7 +42,7 @@ class DiskFull(UserError):
     def from_error(cls, error: OSError, path: str | Path) -> DiskFull:
         target = Path(error.filename) if isinstance(error.filename, str) else Path(path)
         return cls(f"disk full: writing {target} failed ({error.strerror or os.strerror(error.errno)}; "
-                   f"{_human(free_bytes(target))} free on that filesystem). Free space there, point DVC's cache "
+                   f"{human_bytes(free_bytes(target))} free on that filesystem). Free space there, point DVC's cache "
                    "elsewhere (`dvc cache dir /bigger/disk`) or drop unused cache entries (`dvc gc -w`), then run the "
                    "same command again; the previous outputs are still in DVC's cache and `dvc checkout` restores them")
 
@@ -51,15 +51,20 @@ def is_disk_full(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def free_bytes(path: str | Path) -> int:
-    """Free bytes on the filesystem that holds `path` (or its nearest existing parent)."""
+def existing_parent(path: str | Path) -> Path:
+    """`path` itself if it exists, else its nearest existing parent (the filesystem it would be on)."""
     path = Path(path).absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
-    return shutil.disk_usage(path).free
+    return path
 
 
-def _human(n: float) -> str:
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the filesystem that holds `path` (or would hold it)."""
+    return shutil.disk_usage(existing_parent(path)).free
+
+
+def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
