@@ -1,4 +1,5 @@
-"""The filter stage's logic: per-entry rules with named drop reasons, seeded sample, grouped split."""
+"""The filter stage's logic: per-entry rules with named drop reasons, seeded sample, grouped split,
+and the labels joined per image."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
+from . import attributes as A
+from . import labels as L
 from .captions import caption_reason, clean_caption, unsafe_name_reason
+from .grammar import parse_caption
 from .images import inspect_image
 from .params import FilterParams, to_dict
 from .utils import ignore_sigint
@@ -22,7 +26,8 @@ from .utils import ignore_sigint
 log = logging.getLogger(__name__)
 PARALLEL_MIN = 500
 PRODUCT_RE = re.compile(r"id_\d+")
-COLUMNS = ["image_name", "image_path", "caption", "split"]
+# the label columns follow: where they come from (file | caption | none), then one per attribute
+COLUMNS = ["image_name", "image_path", "caption", "split", "labels_from", *A.NAMES]
 # Every reason the filter can give; the report lists each, zero or not. The first ones are
 # decided from the captions file alone; the image reasons come from inspecting the file.
 CAPTION_REASONS = ("unsafe_caption_key", "caption_not_string", "caption_too_short", "duplicate_name_case",
@@ -114,7 +119,7 @@ def sample_and_split(entries: list[dict], sample_size: int, val_fraction: float,
 
 
 def filter_report(captions: dict, images_on_disk: int, kept: list[dict], df: pd.DataFrame, drops: Counter,
-                  converted: Counter, seconds: float, settings: FilterParams) -> dict:
+                  converted: Counter, seconds: float, settings: FilterParams, labels: dict) -> dict:
     """What reports/filter.json records: counts at every step and for every drop reason."""
     inspected = len(kept) + sum(drops[r] for r in IMAGE_REASONS)
     counts = df.split.value_counts().to_dict()
@@ -127,6 +132,7 @@ def filter_report(captions: dict, images_on_disk: int, kept: list[dict], df: pd.
         "val": int(counts.get("val", 0)),
         "dropped": dict(drops),
         "converted_modes": dict(converted),
+        "labels": labels,
         "images_per_second": round(inspected / seconds, 1) if seconds > 0 else None,
         "params": to_dict(settings),
     }
@@ -141,7 +147,30 @@ def write_export_zip(zip_path: Path, df: pd.DataFrame, images: Path) -> None:
             zf.write(images / name, f"images/{name}")
 
 
+def join_labels(rows: list[dict], labels: L.Labels) -> tuple[list[dict], dict]:
+    """Each row with its attributes: from its label line, else what its caption states
+    (`labels_from` says which; `none` when neither has any). No row is ever dropped for
+    lacking labels. Also returns the counts, and how often the caption of a labelled image
+    agrees with its labels on what the caption states (a check of the parser and the data)."""
+    out, origins, stated, agree = [], Counter(), 0, 0
+    for row in rows:
+        parsed = parse_caption(row["caption"])
+        if row["image_name"] in labels:
+            attrs, origin = labels[row["image_name"]], "file"
+            known = [k for k, v in parsed.items() if attrs.get(k) is not None]
+            stated += len(known)
+            agree += sum(parsed[k] == attrs[k] for k in known)
+        else:
+            attrs, origin = {name: parsed.get(name) for name in A.NAMES}, "caption" if parsed else "none"
+        origins[origin] += 1
+        out.append({**row, "labels_from": origin, **{name: attrs.get(name) for name in A.NAMES}})
+    return out, {"from_file": origins["file"], "from_caption": origins["caption"], "without": origins["none"],
+                 "caption_agreement": round(agree / stated, 4) if stated else None}
+
+
 def to_frame(rows: list[dict], images_dir: str) -> pd.DataFrame:
-    df = pd.DataFrame(rows, columns=["image_name", "caption", "split"])
+    """The CSV's frame; an attribute that is NA (or unknown) is the string "NA"."""
+    df = pd.DataFrame(rows, columns=["image_name", "caption", "split", "labels_from", *A.NAMES])
+    df[list(A.NAMES)] = df[list(A.NAMES)].fillna(A.NA)
     df.insert(1, "image_path", [f"{images_dir}/{n}" for n in df["image_name"]])
     return df[COLUMNS]

@@ -16,6 +16,7 @@ DISK_REPORT = Path("reports/disk.json")  # the disk this run needs, by output (f
 RAW = Path("data/raw")
 RAW_IMAGES = RAW / "images"
 RAW_CAPTIONS = RAW / "captions.json"
+RAW_LABELS = RAW / "labels"  # the data set's label files, where the source has them
 RAW_SOURCE = RAW / "source.json"
 # base_model
 BASE = Path("models/base")
@@ -34,10 +35,14 @@ LORA = Path("models/lora")
 CHECKPOINTS = Path("models/checkpoints")
 TRAIN_LIVE = Path("reports/train")
 TRAIN_REPORT = Path("reports/train_report.json")
+# judge
+JUDGE = Path("models/judge")
+JUDGE_REPORT = Path("reports/judge.json")
 # evaluate
 EVALUATE = Path("reports/evaluate")
 EVALUATE_METRICS = EVALUATE / "metrics.json"
-EVALUATE_PER_COLOR = EVALUATE / "attribute_per_color.json"
+EVALUATE_PER_ATTRIBUTE = EVALUATE / "attributes.json"  # rows of the per-attribute bars
+EVALUATE_SHEET = EVALUATE / "attribute_sheet.png"
 # generate
 GENERATE_IMAGES = Path("reports/generate/images")
 GENERATE_GRID = Path("reports/generate/grid.png")

@@ -1,8 +1,9 @@
 """Raw data sources for the download stage: synthetic, DeepFashion (gdown) and local paths.
 
-Every source fills a staging folder with `images/` and `captions.json` (a flat
-`{file_name: caption}` dict); the stage swaps that folder in whole, so a failed or partial
-download never leaves anything that looks complete.
+Every source fills a staging folder with `images/`, `captions.json` (a flat
+`{file_name: caption}` dict) and, where the source has them, the data set's label files under
+`labels/` (fashion_lora/labels.py); the stage swaps that folder in whole, so a failed or
+partial download never leaves anything that looks complete.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-from . import synthetic
+from . import labels, synthetic
 from .archives import flatten_into, safe_extract
 from .captions import load_captions
 from .params import ArchiveLimits, Params
@@ -77,6 +78,32 @@ def _images_from(path: Path, limits: ArchiveLimits, images: Path, work: Path) ->
     raise UserError(f"data.local.images: {path} is neither a folder nor a zip archive")
 
 
+def _labels_from(path: Path, limits: ArchiveLimits, out: Path, work: Path) -> int:
+    """Copy the data set's label files from a folder or zip (found by file name, wherever they
+    sit in it) into `out` in the data set's layout; returns how many were found. Each file is
+    parsed, so a malformed one stops the download with its line."""
+    if path.is_file() and zipfile.is_zipfile(path):
+        files = safe_extract(path, work, limits.max_total_bytes, limits.max_ratio, limits.max_entries)
+    elif path.is_dir():
+        files = [f for f in path.rglob("*") if f.is_file() and not f.is_symlink()]
+    else:
+        raise UserError(f"{path}: the labels must be a folder or a zip archive of the data set's label files")
+    found = 0
+    for rel, attrs in labels.FILES:
+        hits = [f for f in files if f.name == Path(rel).name]
+        if len(hits) > 1:
+            raise UserError(f"{path}: holds {len(hits)} files named {Path(rel).name}; keep one")
+        if hits:
+            labels.read_file(hits[0], attrs)
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(hits[0], out / rel)
+            found += 1
+    if not found:
+        raise UserError(f"{path}: none of the label files ({', '.join(Path(r).name for r, _ in labels.FILES)}) "
+                        "is in it")
+    return found
+
+
 def _check_sha256(path: Path, expected: str | None, key: str) -> str:
     digest = file_sha256(path)
     if expected and digest != expected.lower():
@@ -95,7 +122,7 @@ def fetch(params: Params, stage_dir: Path, downloader: Downloader = gdown_downlo
         if data.source == "synthetic":
             summary = synthetic.write_dataset(stage_dir, data.synthetic.count, params.seed + data.synthetic.seed_offset)
             return {"source": "synthetic", "count": summary["count"], "products": summary["products"],
-                    "deliberately_bad": summary["bad"]}
+                    "without_label_line": summary["unlabeled"], "deliberately_bad": summary["bad"]}
         if data.source == "deepfashion":
             df = data.deepfashion
             img_zip, cap_file = work / "images.zip", work / "captions.download"
@@ -108,6 +135,12 @@ def fetch(params: Params, stage_dir: Path, downloader: Downloader = gdown_downlo
             captions = _captions_from(cap_file, data.archive, work / "captions")
             n = _images_from(img_zip, data.archive, images, work / "images")
             prov = {"source": "deepfashion", "images_sha256": img_sha, "captions_sha256": cap_sha}
+            if df.labels_id:
+                log.info("downloading labels (id %s)", df.labels_id)
+                lab_zip = work / "labels.zip"
+                downloader(df.labels_id, lab_zip)
+                prov["labels_sha256"] = _check_sha256(lab_zip, df.labels_sha256, "data.deepfashion.labels_sha256")
+                prov["label_files"] = _labels_from(lab_zip, data.archive, stage_dir / "labels", work / "labels")
         elif data.source == "local":
             img_path, cap_path = Path(str(data.local.images)), Path(str(data.local.captions))
             for key, p in (("data.local.images", img_path), ("data.local.captions", cap_path)):
@@ -116,6 +149,12 @@ def fetch(params: Params, stage_dir: Path, downloader: Downloader = gdown_downlo
             captions = _captions_from(cap_path, data.archive, work / "captions")
             n = _images_from(img_path, data.archive, images, work / "images")
             prov = {"source": "local", "images": str(img_path), "captions": str(cap_path)}
+            if data.local.labels:
+                lab_path = Path(str(data.local.labels))
+                if not lab_path.exists():
+                    raise UserError(f"data.local.labels: {lab_path} does not exist (or set it to null)")
+                prov["labels"] = str(lab_path)
+                prov["label_files"] = _labels_from(lab_path, data.archive, stage_dir / "labels", work / "labels")
         else:  # validated in params; spelled out so a new source cannot fall through silently
             raise UserError(f"data.source: unknown source {data.source!r}")
     (stage_dir / "captions.json").write_text(json.dumps(captions, indent=1, ensure_ascii=False))

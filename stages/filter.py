@@ -1,11 +1,13 @@
-"""filter stage: data/raw -> data/fashion_data.csv + reports/filter.json (+ optional zip export)."""
+"""filter stage: data/raw -> data/fashion_data.csv (with the labels joined) + reports/filter.json
+(+ optional zip export)."""
 
 import logging
 import time
 
 from fashion_lora import paths
 from fashion_lora.captions import load_captions
-from fashion_lora.filtering import filter_entries, filter_report, sample_and_split, to_frame, write_export_zip
+from fashion_lora.filtering import filter_entries, filter_report, join_labels, sample_and_split, to_frame, write_export_zip
+from fashion_lora.labels import read_labels
 from fashion_lora.params import load_params
 from fashion_lora.utils import atomic_dir, atomic_write_text, configure_torch, run_stage, write_json
 
@@ -21,6 +23,7 @@ def main() -> None:
     kept, drops, converted = filter_entries(captions, paths.RAW_IMAGES, settings)
     seconds = time.perf_counter() - t0
     rows = sample_and_split(kept, settings.sample_size, settings.val_fraction, params.seed)
+    rows, label_counts = join_labels(rows, read_labels(paths.RAW_LABELS))
     df = to_frame(rows, str(paths.RAW_IMAGES))
     atomic_write_text(paths.CSV, df.to_csv(index=False))
     with atomic_dir(paths.EXPORT) as out:
@@ -30,11 +33,14 @@ def main() -> None:
             (out / "README.txt").write_text("Set filter.export_zip: true to export the kept images "
                                             "and CSV as fashion_subset.zip here.\n")
     on_disk = sum(1 for f in paths.RAW_IMAGES.iterdir() if f.is_file())
-    report = filter_report(captions, on_disk, kept, df, drops, converted, seconds, settings)
+    report = filter_report(captions, on_disk, kept, df, drops, converted, seconds, settings, label_counts)
     write_json(paths.FILTER_REPORT, report)
     log.info("kept %d of %d captions (train %d, val %d); dropped %s; %.0f images/s",
              len(df), len(captions), report["train"], report["val"],
              {k: v for k, v in drops.items() if v}, report["images_per_second"] or 0)
+    log.info("labels: %d from the label files, %d from their captions, %d without; captions agree with "
+             "the labels on %s of what they state", label_counts["from_file"], label_counts["from_caption"],
+             label_counts["without"], label_counts["caption_agreement"])
 
 
 if __name__ == "__main__":

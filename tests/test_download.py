@@ -14,7 +14,8 @@ from fashion_lora.utils import UserError
 from tests.helpers import small_params
 
 LIMITS = dict(max_total_bytes=10**8, max_ratio=200.0, max_entries=1000)
-CAP = "The lady wears a short-sleeve red shirt with solid color patterns."
+CAP = "The lady wears a short-sleeve T-shirt with cotton fabric and striped patterns."
+SHAPE = "a-id_00000001.jpg 1 3 3 1 4 2 2 2 4 7 1 2\n"  # short-sleeve, long, hat; the rest NA
 
 
 def _zip(path: Path, entries: dict[str, bytes]) -> Path:
@@ -85,6 +86,11 @@ def test_deepfashion_with_fake_gdown(tmp_path):
                                                   "images/b-id_00000002.jpg": _image_bytes()}),
         "CAPTIONS": _zip(tmp_path / "captions.zip", {"captions.json": json.dumps(
             {"a-id_00000001.jpg": CAP, "b-id_00000002.jpg": CAP}).encode()}),
+        # the data set's labels folder as zipped on its Drive: the files under labels/
+        "LABELS": _zip(tmp_path / "labels.zip", {"labels/shape/shape_anno_all.txt": SHAPE.encode(),
+                                                  "labels/texture/pattern_ann.txt": b"a-id_00000001.jpg 2 3 7\n",
+                                                  "labels/texture/fabric_ann.txt": b"a-id_00000001.jpg 1 0 7\n",
+                                                  "labels/readme.txt": b"not a label file"}),
     }
     calls = []
 
@@ -96,11 +102,17 @@ def test_deepfashion_with_fake_gdown(tmp_path):
 
     p = small_params({"data.source": "deepfashion"})
     p = replace(p, data=replace(p.data, deepfashion=replace(p.data.deepfashion, images_id="IMAGES",
-                                                           captions_id="CAPTIONS")))
+                                                           captions_id="CAPTIONS", labels_id="LABELS")))
     stage = tmp_path / "raw"
     stage.mkdir()
     info = fetch(p, stage, downloader=fake_gdown)
-    assert calls == ["IMAGES", "CAPTIONS"]
+    assert calls == ["IMAGES", "CAPTIONS", "LABELS"]
+    from fashion_lora.labels import read_labels
+
+    row = read_labels(stage / "labels")["a-id_00000001.jpg"]  # in the data set's layout under data/raw/labels
+    assert (row["sleeve_length"], row["hat"], row["upper_pattern"], row["lower_fabric"]) == \
+        ("short-sleeve", "yes", "striped", "denim")
+    assert info["label_files"] == 3 and len(info["labels_sha256"]) == 64
     assert sorted(f.name for f in (stage / "images").iterdir()) == ["a-id_00000001.jpg", "b-id_00000002.jpg"]
     assert json.loads((stage / "captions.json").read_text())["a-id_00000001.jpg"] == CAP
     assert info["images"] == 2 and len(info["images_sha256"]) == 64
@@ -149,6 +161,34 @@ def test_local_folder_and_zip(tmp_path):
     stage2 = tmp_path / "raw2"
     stage2.mkdir()
     assert fetch(p2, stage2)["images"] == 1
+
+
+def test_local_labels_folder_is_optional_and_checked(tmp_path):
+    src = tmp_path / "mine"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(_image_bytes())
+    caps = tmp_path / "caps.json"
+    caps.write_text(json.dumps({"a.jpg": CAP}))
+    labels = tmp_path / "my_labels"
+    (labels / "deep/er").mkdir(parents=True)
+    (labels / "deep/er/shape_anno_all.txt").write_text(SHAPE.replace("a-id_00000001.jpg", "a.jpg"))
+    keys = {"data.source": "local", "data.local.images": str(src), "data.local.captions": str(caps)}
+    stage = tmp_path / "raw"
+    stage.mkdir()
+    assert "label_files" not in fetch(small_params(keys), stage)  # none given: captions only
+    assert not (stage / "labels").exists()
+    stage2 = tmp_path / "raw2"
+    stage2.mkdir()
+    assert fetch(small_params({**keys, "data.local.labels": str(labels)}), stage2)["label_files"] == 1
+    assert (stage2 / "labels/shape/shape_anno_all.txt").read_text().startswith("a.jpg 1 3")
+    (labels / "deep/er/shape_anno_all.txt").write_text("a.jpg 1 3 3\n")  # 3 codes, not 12
+    with pytest.raises(UserError, match=r"shape_anno_all.txt, line 1: expected an image name and 12 codes"):
+        fetch(small_params({**keys, "data.local.labels": str(labels)}), tmp_path / "raw3")
+    with pytest.raises(UserError, match="data.local.labels.*does not exist"):
+        fetch(small_params({**keys, "data.local.labels": str(tmp_path / "nope")}), tmp_path / "raw4")
+    (labels / "deep/er/shape_anno_all.txt").unlink()
+    with pytest.raises(UserError, match="none of the label files"):
+        fetch(small_params({**keys, "data.local.labels": str(labels)}), tmp_path / "raw5")
 
 
 def test_local_missing_path(tmp_path):
