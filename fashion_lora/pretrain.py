@@ -2,9 +2,11 @@
 
 On synthetic images of their own seed (never the fine-tuning data):
 - the VAE learns to autoencode them (reconstruction from the posterior mean + a small KL);
-- the UNet learns text-conditioned denoising on captions whose colour words are all replaced
-  by one neutral word, so the base draws garments but cannot follow a colour in a prompt.
-  That withheld attribute is what the LoRA has to learn from the fine-tuning captions.
+- the UNet learns text-conditioned denoising on captions in which the words of the withheld
+  attributes (`model.pretrain.withheld`, by default the upper and lower patterns) are
+  replaced by one neutral word, so the base draws those garments but cannot follow their
+  pattern in a prompt. That is what the LoRA has to learn from the fine-tuning captions; the
+  other attributes stay known to the base, so forgetting shows.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import re
 import tempfile
 from pathlib import Path
 
@@ -28,31 +29,24 @@ from .images import resize_crop, to_vae_input
 from .lr_schedule import lr_factor
 from .params import PrecomputeParams, PretrainParams
 from .provision import base_info
-from .synthetic import COLORS, VIEWS, caption_for, random_garments, render
+from .synthetic import VIEWS, Garments, caption_for, random_garments, render
 from .tiny import build_tiny
 
 log = logging.getLogger(__name__)
-# Every colour name the synthetic captions can hold (and the usual spelling variant).
-COLOR_WORDS = re.compile(r"\b(" + "|".join(sorted(set(COLORS) | {"gray"})) + r")\b", re.IGNORECASE)
 
 
-def withhold(caption: str, neutral_word: str) -> str:
-    """The caption with every colour word replaced by `neutral_word`."""
-    return COLOR_WORDS.sub(neutral_word, caption)
-
-
-def corpus(count: int, seed: int, buckets: list[Bucket]) -> tuple[list[np.ndarray], list[str]]:
+def corpus(count: int, seed: int, buckets: list[Bucket]) -> tuple[list[np.ndarray], list[Garments]]:
     """`count` synthetic images (uint8 HWC), each cropped to its nearest bucket as precompute
-    does, and their full captions. Same size distribution as the download stage's images."""
+    does, and their garments. Same size distribution as the download stage's images."""
     rng = random.Random(seed)
-    pixels, captions = [], []
+    pixels, garments = [], []
     for _ in tqdm(range(count), desc="pretrain data", unit="img", mininterval=2):
         g = random_garments(rng)
         width = rng.randint(256, 320)
         img = render(g, (width, round(width * 1.47)), rng.choice(VIEWS), rng)
         pixels.append(np.asarray(resize_crop(img, nearest_bucket(*img.size, buckets), "center")[0]))
-        captions.append(caption_for(g))
-    return pixels, captions
+        garments.append(g)
+    return pixels, garments
 
 
 def by_shape(pixels: list[np.ndarray]) -> tuple[list[torch.Tensor], list[int]]:
@@ -133,15 +127,23 @@ def encode_scaled(vae, groups: list[torch.Tensor], batch_size: int = 128) -> lis
 
 def train_unet(unet, text_encoder, tokenizer, noise_scheduler, latents: list[torch.Tensor], captions: list[str],
                pretrain: PretrainParams, seed: int) -> float:
-    """Full text-conditioned denoiser training (all UNet weights); returns the mean loss of the
-    last 10% of steps. `captions` are in group order (group 0's images first). Frozen
-    text-encoder outputs are computed once per caption."""
+    """Text-conditioned denoiser training (all UNet weights, and the text encoder's with
+    `model.pretrain.text_encoder`); returns the mean loss of the last 10% of steps. `captions`
+    are in group order (group 0's images first). A frozen text encoder's outputs are computed
+    once per caption; a training one runs every step, without weight decay, so the embeddings
+    of words the captions never hold (the withheld ones) stay exactly as initialised."""
     ids, _ = diffusion.tokenize(tokenizer, captions + [""])
-    with torch.no_grad():
-        embeddings = diffusion.encode_text(text_encoder, ids)
-    empty, embeddings = embeddings[-1:], embeddings[:-1]
+    empty_row = len(ids) - 1
+    groups = [{"params": list(unet.parameters()), "weight_decay": 0.01}]
+    if pretrain.text_encoder:
+        text_encoder.train()
+        groups.append({"params": list(text_encoder.parameters()), "weight_decay": 0.0})
+        table = None
+    else:
+        with torch.no_grad():
+            table = diffusion.encode_text(text_encoder, ids)
     generator = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(unet.parameters(), lr=pretrain.unet_learning_rate, weight_decay=0.01)
+    opt = torch.optim.AdamW(groups, lr=pretrain.unet_learning_rate)
     sched = _cosine(opt, pretrain.unet_steps)
     T = noise_scheduler.config.num_train_timesteps
     unet.train()
@@ -149,8 +151,10 @@ def train_unet(unet, text_encoder, tokenizer, noise_scheduler, latents: list[tor
     bar = tqdm(range(pretrain.unet_steps), desc="pretrain unet", unit="step", mininterval=2)
     for step in bar:
         g, idx = draw(latents, pretrain.unet_batch_size, generator)
-        z, e = latents[g][idx], embeddings[idx + sum(len(t) for t in latents[:g])].clone()
-        e[torch.rand(len(idx), generator=generator) < pretrain.caption_dropout] = empty
+        rows = idx + sum(len(t) for t in latents[:g])
+        rows[torch.rand(len(idx), generator=generator) < pretrain.caption_dropout] = empty_row
+        e = table[rows] if table is not None else diffusion.text_hidden_states(text_encoder, ids[rows])
+        z = latents[g][idx]
         flip = torch.rand(len(idx), generator=generator) < 0.5  # the figures are left/right symmetric
         z = torch.where(flip[:, None, None, None], z.flip(-1), z)
         noise = torch.randn(z.shape, generator=generator)
@@ -158,13 +162,14 @@ def train_unet(unet, text_encoder, tokenizer, noise_scheduler, latents: list[tor
         loss = diffusion.training_loss(unet, noise_scheduler, z, noise, t, e, None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([q for group in groups for q in group["params"]], 1.0)
         opt.step()
         sched.step()
         if step >= pretrain.unet_steps * 0.9:
             tail.append(loss.item())
         bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     unet.eval()
+    text_encoder.eval()
     return float(np.mean(tail)) if tail else float("nan")
 
 
@@ -173,10 +178,11 @@ def pretrain_tiny(pipe, pretrain: PretrainParams, seed: int, buckets: list[Bucke
     the fine-tuning data gets); returns the report."""
     from diffusers import DDPMScheduler
 
-    pixels, captions = corpus(pretrain.images, seed + pretrain.seed_offset, buckets)
+    pixels, garments = corpus(pretrain.images, seed + pretrain.seed_offset, buckets)
     train_x, order = by_shape(pixels[:-pretrain.holdout])
     held_x, _ = by_shape(pixels[-pretrain.holdout:])
-    base_captions = [withhold(captions[i], pretrain.neutral_word) for i in order]
+    withheld = frozenset(pretrain.withheld)
+    base_captions = [caption_for(garments[i], withheld, pretrain.neutral_word) for i in order]
     psnr_before = psnr(pipe.vae, held_x)
     vae_loss = train_vae(pipe.vae, train_x, pretrain, seed)
     psnr_after = psnr(pipe.vae, held_x)
@@ -191,7 +197,8 @@ def pretrain_tiny(pipe, pretrain: PretrainParams, seed: int, buckets: list[Bucke
             "vae_psnr_db": round(psnr_after, 3), "vae_psnr_random_init_db": round(psnr_before, 3),
             "vae_final_loss": round(vae_loss, 5), "latent_scaling_factor": round(pipe.vae.config.scaling_factor, 6),
             "unet_final_loss": round(unet_loss, 5), "prediction_type": noise_scheduler.config.prediction_type,
-            "withheld": "colour words -> " + pretrain.neutral_word}
+            "withheld": {"attributes": sorted(withheld), "neutral_word": pretrain.neutral_word},
+            "text_encoder_trained": pretrain.text_encoder}
 
 
 def provision_tiny(seed: int, out_dir: Path, pretrain: PretrainParams, precompute: PrecomputeParams) -> dict:
@@ -199,8 +206,8 @@ def provision_tiny(seed: int, out_dir: Path, pretrain: PretrainParams, precomput
     `precompute`, precompute's params), save it.
 
     v-prediction rather than SD1.5's epsilon: its loss keeps weight on the high-noise steps
-    where a prompt's colour is decided (epsilon weights them by the SNR, ~0.005 at t=999), and
-    an epsilon base we trained left the colour to the starting noise whatever the prompt said.
+    where a prompt's garment and pattern are decided (epsilon weights them by the SNR, ~0.005 at t=999), and
+    an epsilon base we trained left the colour (the attribute withheld then) to the starting noise whatever the prompt said.
     """
     with tempfile.TemporaryDirectory() as work:  # the tokenizer's source files; saved with the pipeline
         pipe = build_tiny(seed, Path(work), "v_prediction")
