@@ -1,56 +1,42 @@
 """Base vs LoRA evaluation: fixed-plan val losses (overall and per timestep band) and
-generation-side metrics (colour-attribute accuracy, diversity, optional CLIP score)."""
+generation-side metrics: the attribute judge's reading of images drawn from held-out captions
+(accuracy per attribute, macro means), KID between judge features of generated and held-out
+images, diversity, and an optional CLIP score."""
 
 from __future__ import annotations
 
 import itertools
 import logging
+import random
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
+from . import attributes as A
 from . import diffusion
+from .judge import Judge
 from .sampling import lora_enabled, sample_image
 from .sheets import grid
-from .synthetic import COLORS
 from .utils import UserError
 from .val_loss import band_means, eval_losses, fixed_eval, summarize
 
 log = logging.getLogger(__name__)
 
-# Prompt for the attribute metric: the upper garment's colour is the attribute under test.
-ATTRIBUTE_PROMPT = ("The lady wears a short-sleeve {color} shirt with solid color patterns. "
-                    "She wears long grey trousers with solid color patterns.")
-# Torso region of a whole synthetic figure (fractions of width/height of its portrait, whose
-# aspect is FIGURE_ASPECT): the shirt spans 22-55% of the height, within 0.5 +- 0.2 of the width.
-TORSO = (0.38, 0.27, 0.62, 0.47)
-FIGURE_ASPECT = 0.68
-
-
-def torso_box(width: int, height: int) -> tuple[float, float, float, float]:
-    """TORSO in an image of `width` x `height` drawn like the training crops: the figure scaled
-    to cover it and centred, so a wider image (a square) shows a vertical slice of the figure
-    and a narrower one a horizontal slice."""
-    aspect = width / height
-    x0, y0, x1, y1 = TORSO
-    if aspect >= FIGURE_ASPECT:
-        k = aspect / FIGURE_ASPECT  # the image shows 1/k of the figure's height
-        return x0, 0.5 + (y0 - 0.5) * k, x1, 0.5 + (y1 - 0.5) * k
-    k = FIGURE_ASPECT / aspect  # 1/k of its width
-    return 0.5 + (x0 - 0.5) * k, y0, 0.5 + (x1 - 0.5) * k, y1
-
 
 def val_losses(pipe, latents: list[torch.Tensor], captions: list[str], repeats: int, bands: int, batch_size: int,
-               seed: int) -> tuple[dict, list[dict]]:
+               seed: int, max_token_length: int = 77) -> tuple[dict, list[dict]]:
     """Base and LoRA on the same val latents (one per item, buckets may differ), noise and
     timesteps. Returns metrics and band rows."""
     from diffusers import DDPMScheduler
 
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     T = scheduler.config.num_train_timesteps
-    ids, _ = diffusion.tokenize(pipe.tokenizer, captions)
+    ids, _ = diffusion.tokenize(pipe.tokenizer, captions, max_token_length)
     plan = fixed_eval([tuple(v.shape) for v in latents], repeats, T, seed)
     results = {}
     for name, enabled in (("base", False), ("lora", True)):
@@ -74,18 +60,6 @@ def val_losses(pipe, latents: list[torch.Tensor], captions: list[str], repeats: 
     return metrics, band_rows
 
 
-def dominant_color(img: Image.Image) -> str:
-    """Name of the palette colour nearest to the median colour of the torso (`torso_box`)."""
-    w, h = img.size
-    box = torso_box(w, h)
-    region = np.asarray(img.convert("RGB").crop((int(box[0] * w), int(box[1] * h), int(box[2] * w),
-                                                 int(box[3] * h))), dtype=np.float32)
-    median = np.median(region.reshape(-1, 3), axis=0)
-    names = list(COLORS)
-    dists = [float(np.sum((median - np.array(COLORS[n], dtype=np.float32)) ** 2)) for n in names]
-    return names[int(np.argmin(dists))]
-
-
 def diversity(images: list[Image.Image]) -> float:
     """Mean pairwise RMS pixel distance (0..1) between images of one prompt: 0 = all identical."""
     arrs = [np.asarray(im.convert("RGB"), dtype=np.float32) / 255 for im in images]
@@ -93,62 +67,137 @@ def diversity(images: list[Image.Image]) -> float:
     return float(np.mean([np.sqrt(np.mean((a - b) ** 2)) for a, b in pairs])) if pairs else 0.0
 
 
-def attribute_metrics(pipe, n_colors: int, n_seeds: int, steps: int, guidance: float, negative: str,
-                      height: int, width: int, seed: int, fuse: bool = False) -> tuple[dict, dict[str, list[Image.Image]]]:
-    """Colour-following accuracy (overall and per colour) and diversity, base vs LoRA, on the same
-    prompts and seeds (base first; `fuse` merges the LoRA in for its images). Images come back
-    colour-major (`n_seeds` per colour), per model."""
+def attribute_items(df: pd.DataFrame, n: int, seed: int) -> list[dict]:
+    """`n` distinct held-out captions (a seeded sample, the same for base and LoRA and for every
+    experiment with this seed) with their labels; only rows that state some attribute."""
+    val = df[(df.split == "val") & (df.labels_from != "none")].sort_values("image_name")
+    rows = list(val.drop_duplicates("caption").to_dict("records"))
+    if not rows:
+        raise UserError("data/fashion_data.csv has no labelled val rows for the attribute metric "
+                        "(set evaluate.attribute_captions: 0 to skip it)")
+    return sorted(random.Random(seed).sample(rows, min(n, len(rows))), key=lambda r: r["image_name"])
+
+
+def kid(features: torch.Tensor, reference: torch.Tensor, seed: int) -> dict:
+    """Kernel Inception Distance (torchmetrics' unbiased estimate, polynomial kernel) between two
+    sets of judge features; subsets as large as the smaller set allows. Both sets are divided by
+    the reference's RMS first: the cubic kernel makes KID grow with the sixth power of the
+    features' scale (raw judge features gave values near 20,000), and one scale for both keeps
+    the comparison."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    scale = reference.double().pow(2).mean().sqrt().clamp_min(1e-12)
+    features, reference = features.double() / scale, reference.double() / scale
+
+    with warnings.catch_warnings():  # it warns that it keeps every feature: here a few hundred small vectors
+        warnings.simplefilter("ignore", UserWarning)
+        metric = KernelInceptionDistance(feature=torch.nn.Identity(), subsets=50,
+                                         subset_size=min(len(features), len(reference), 100))
+    metric.update(reference, real=True)
+    metric.update(features, real=False)
+    torch.manual_seed(seed)  # the subsets are drawn with torch's global generator
+    mean, std = metric.compute()
+    return {"mean": round(float(mean), 6), "std": round(float(std), 6)}
+
+
+def attribute_metrics(pipe, judge: Judge, reference: torch.Tensor, items: list[dict], withheld: set[str],
+                      n_seeds: int, steps: int, guidance: float, negative: str, height: int, width: int, seed: int,
+                      fuse: bool = False, max_token_length: int = 77
+                      ) -> tuple[dict, dict[str, list[Image.Image]], dict[str, dict[str, list[str]]]]:
+    """Base and LoRA images of every item's caption and seeds (base first; `fuse` merges the
+    LoRA in for its images), read by the judge. Per scored attribute: the accuracy of each model
+    over the images whose caption states it (NA labels are not scored), the majority rate of
+    those labels (`chance`) and the judge's held-out accuracy (`ceiling`). Returns the metrics,
+    the images and the judge's reads per model (item-major, `n_seeds` per item)."""
     from tqdm import tqdm
 
-    colors = list(COLORS)[:n_colors]
-    out: dict = {"chance": 1 / len(COLORS), "images_per_model": len(colors) * n_seeds,
-                 "per_color": [{"colour": c} for c in colors]}  # rows: what `dvc plots` draws as bars
     images: dict[str, list[Image.Image]] = {}
-    bar = tqdm(total=2 * len(colors) * n_seeds, desc="colour images", unit="img", mininterval=1.0)
+    reads: dict[str, dict[str, list[str]]] = {}
+    feats: dict[str, torch.Tensor] = {}
+    divs: dict[str, float] = {}
+    bar = tqdm(total=2 * len(items) * n_seeds, desc="attribute images", unit="img", mininterval=1.0)
     for name, enabled in (("base", False), ("lora", True)):
-        correct, divs, imgs = 0, [], []
         bar.set_postfix(model=name, refresh=False)
+        imgs, per_item = [], []
         with lora_enabled(pipe, enabled, fuse=fuse):
-            for row, color in zip(out["per_color"], colors):
-                per_prompt = []
+            for item in items:
+                drawn = []
                 for s in range(n_seeds):
-                    per_prompt.append(sample_image(pipe, ATTRIBUTE_PROMPT.format(color=color), negative, steps,
-                                                   guidance, seed + s, height, width))
+                    drawn.append(sample_image(pipe, item["caption"], negative, steps, guidance, seed + s, height, width,
+                                              max_token_length))
                     bar.update(1)
-                hits = sum(dominant_color(im) == color for im in per_prompt)
-                row[name] = hits / n_seeds
-                correct += hits
-                divs.append(diversity(per_prompt))
-                imgs.extend(per_prompt)
-        out[f"{name}_accuracy"] = correct / (len(colors) * n_seeds)
-        out[f"{name}_diversity"] = float(np.mean(divs))
+                imgs += drawn
+                per_item.append(diversity(drawn))
         images[name] = imgs
+        reads[name], feats[name] = judge.read(imgs)
+        divs[name] = float(np.mean(per_item))
     bar.close()
-    return out, images
+    attributes = score_attributes(items, reads, n_seeds, judge.scored, judge.report["attributes"], withheld)
+
+    def macro(model: str, which: bool | None = None) -> float | None:
+        vals = [r[model] for r in attributes.values() if which is None or r["withheld"] == which]
+        return round(float(np.mean(vals)), 4) if vals else None
+
+    metrics = {
+        "attributes": attributes,
+        "attribute_macro": {f"{group}{m}": macro(m, which) for group, which in (("", None), ("withheld_", True),
+                                                                                 ("known_", False))
+                            for m in ("base", "lora")},
+        "kid": {m: kid(feats[m], reference, seed) for m in ("base", "lora")},
+        "diversity": {m: round(divs[m], 5) for m in ("base", "lora")},
+        "attribute_images_per_model": len(items) * n_seeds,
+    }
+    return metrics, images, reads
 
 
-def attribute_sheet(images: dict[str, list[Image.Image]], n_colors: int, seed: int, seeds_shown: int = 4) -> Image.Image:
-    """One row per colour prompt: its first `seeds_shown` seeds for the base, then for the LoRA,
-    each cell captioned with the colour the metric detected and framed green (counted correct)
-    or red (wrong). Images in `attribute_metrics`' order (colour-major)."""
-    colors = list(COLORS)[:n_colors]
-    per = len(images["base"]) // len(colors)
-    shown = min(seeds_shown, per)
+def score_attributes(items: list[dict], reads: dict[str, dict[str, list[str]]], n_seeds: int, scored: list[str],
+                     judge_table: dict, withheld: set[str]) -> dict:
+    """Per scored attribute that some item states: each model's accuracy over the images whose
+    caption states it (`reads` item-major, `n_seeds` images per item), the majority rate of
+    those labels (`chance`), the judge's held-out accuracy (`ceiling`), `withheld`, the count."""
+    out = {}
+    for attr in scored:
+        truth = [item[attr] for item in items for _ in range(n_seeds)]
+        stated = [i for i, v in enumerate(truth) if v != A.NA]
+        if not stated:
+            continue
+        row = {m: round(sum(reads[m][attr][i] == truth[i] for i in stated) / len(stated), 4) for m in reads}
+        row.update(chance=round(Counter(truth[i] for i in stated).most_common(1)[0][1] / len(stated), 4),
+                   ceiling=judge_table[attr]["accuracy"], withheld=attr in withheld, images=len(stated))
+        out[attr] = row
+    return out
+
+
+def attribute_rows(attributes: dict) -> list[dict]:
+    """The rows `dvc plots` draws as grouped bars: base, LoRA and the judge's ceiling per attribute."""
+    return [{"attribute": a, "base": r["base"], "lora": r["lora"], "ceiling": r["ceiling"]}
+            for a, r in attributes.items()]
+
+
+def attribute_sheet(items: list[dict], images: dict[str, list[Image.Image]], reads: dict[str, dict[str, list[str]]],
+                    attributes: list[str], n_seeds: int, per_attribute: int = 1, seeds_shown: int = 2) -> Image.Image | None:
+    """Per scored attribute, `per_attribute` captions that state it (preferring captions no
+    earlier row showed): the caption (with what it asks), then base and LoRA images of the
+    first `seeds_shown` seeds, each with what the judge read, framed green when that is what
+    the caption asked, red when not. None when no scored attribute is stated."""
     rows = []
-    for i, color in enumerate(colors):
-        cells = []
-        for name, label in (("base", "base"), ("lora", "LoRA")):
-            for k in range(shown):
-                img = images[name][i * per + k]
-                found = dominant_color(img)
-                cells.append((f"{label} s{seed + k}", img, found, found == color))
-        rows.append((f"prompt: {color} shirt", cells))
-    return grid(rows, cell=96)  # cells keep the images' aspect
-
-
-def attribute_prompts(n_colors: int, n_seeds: int) -> list[str]:
-    """The prompt of each image of `attribute_metrics`, in its order."""
-    return [ATTRIBUTE_PROMPT.format(color=c) for c in list(COLORS)[:n_colors] for _ in range(n_seeds)]
+    shown = min(seeds_shown, n_seeds)
+    shown_items: set[int] = set()
+    for attr in attributes:
+        stated = [k for k, item in enumerate(items) if item[attr] != A.NA]
+        # captions not shown for an earlier attribute first, so the rows show different images
+        stated = sorted(stated, key=lambda k: k in shown_items)[:per_attribute]
+        shown_items.update(stated)
+        for k in stated:
+            asked = items[k][attr]
+            cells = []
+            for model, label in (("base", "base"), ("lora", "LoRA")):
+                for s in range(shown):
+                    i = k * n_seeds + s
+                    read = reads[model][attr][i]
+                    cells.append((f"{label} s{s}", images[model][i], read, read == asked))
+            rows.append((f"{attr} = {asked}: {items[k]['caption']}", cells))
+    return grid(rows, cell=128) if rows else None
 
 
 def clip_score(clip_dir: str | None, images: list[Image.Image], prompts: list[str]) -> float | None:

@@ -8,12 +8,12 @@ def _fmt(v) -> str:
 
 
 def results_page(evaluate: dict, train: dict, generate: dict, filtering: dict, precompute: dict, base: dict,
-                 per_color: list[dict] | None) -> str:
-    """The whole page; the colour section only when evaluate measured it, the base section only
+                 judge: dict) -> str:
+    """The whole page; the attribute section only when evaluate measured it, the base section only
     for the tiny base pretrained here."""
     lines = _loss_section(evaluate)
-    if "attribute" in evaluate:
-        lines += _attribute_section(evaluate, per_color or [])
+    if "attributes" in evaluate:
+        lines += _attribute_section(evaluate, judge)
     if "vae_psnr_db" in base:  # model.base: tiny, pretrained by the base_model stage
         lines += _base_section(base)
     lines += _training_section(train, generate, filtering, precompute)
@@ -39,25 +39,37 @@ def _loss_section(evaluate: dict) -> list[str]:
     ]
 
 
-def _attribute_section(evaluate: dict, per_color: list[dict]) -> list[str]:
-    a = evaluate["attribute"]
-    lines = [
-        "## Generation: does the image follow the colour in the prompt?",
+def attribute_table(attributes: dict) -> list[str]:
+    """The per-attribute table (markdown rows): base, LoRA, chance, the judge's ceiling."""
+    return ["| attribute | base | LoRA | chance | ceiling | withheld from the base |",
+            "|---|---|---|---|---|---|",
+            *(f"| {a} | {r['base']:.3f} | {r['lora']:.3f} | {r['chance']:.3f} | {r['ceiling']:.3f} | "
+              f"{'yes' if r['withheld'] else 'no'} |" for a, r in attributes.items())]
+
+
+def _attribute_section(evaluate: dict, judge: dict) -> list[str]:
+    m, k = evaluate["attribute_macro"], evaluate["kid"]
+    skipped = {a: r["why"] for a, r in judge["attributes"].items() if not r["scored"] and "accuracy" in r}
+    return [
+        "## Generation: does the image show what the caption asks?",
         "",
-        "| model | colour accuracy | diversity |",
-        "|---|---|---|",
-        f"| base | {_fmt(a['base_accuracy'])} | {_fmt(a['base_diversity'])} |",
-        f"| LoRA | {_fmt(a['lora_accuracy'])} | {_fmt(a['lora_diversity'])} |",
+        f"The attribute judge reads {evaluate['attribute_images_per_model']} images per model, drawn from held-out "
+        "captions; each attribute is scored on the images whose caption states it.",
         "",
-        f"Chance level: {a['chance']:.2f} ({a['images_per_model']} images per model). "
+        *attribute_table(evaluate["attributes"]),
+        "",
+        "| model | macro accuracy | withheld | known | KID to held-out images (mean +- std) | diversity |",
+        "|---|---|---|---|---|---|",
+        *(f"| {label} | {_fmt(m[model])} | {_fmt(m['withheld_' + model])} | {_fmt(m['known_' + model])} | "
+          f"{k[model]['mean']:.4f} +- {k[model]['std']:.4f} | {_fmt(evaluate['diversity'][model])} |"
+          for model, label in (("base", "base"), ("lora", "LoRA"))),
+        "",
+        "Not scored (the judge cannot read them well enough): "
+        + (", ".join(f"{a} ({why})" for a, why in skipped.items()) or "none") + ".",
+        "",
         "![attribute sheet](evaluate/attribute_sheet.png)",
         "",
     ]
-    lines += ["| colour | " + " | ".join(row["colour"] for row in per_color) + " |",
-              "|---|" + "---|" * len(per_color),
-              *(f"| {m} | " + " | ".join(_fmt(row[m]) for row in per_color) + " |" for m in ("base", "lora")),
-              ""]
-    return lines
 
 
 def _base_section(base: dict) -> list[str]:
@@ -67,7 +79,8 @@ def _base_section(base: dict) -> list[str]:
         f"- VAE: {base['vae_psnr_db']:.2f} dB PSNR on {base['holdout_images']} held-out synthetic images "
         f"(random init: {base['vae_psnr_random_init_db']:.2f} dB)",
         f"- UNet ({base['prediction_type']}): trained on {base['pretrain_images']} synthetic images whose "
-        f"captions had the colour attribute withheld ({base['withheld']}); final loss "
+        f"captions never name {', '.join(base['withheld']['attributes']) or 'nothing withheld'} (the words "
+        f"read '{base['withheld']['neutral_word']}'); final loss "
         f"{_fmt(base['unet_final_loss'])}",
         "",
     ]

@@ -16,10 +16,9 @@ def _load(path: Path) -> dict:
 
 
 def main() -> None:
-    evaluate_metrics = _load(paths.EVALUATE_METRICS)
-    per_color = _load(paths.EVALUATE_PER_COLOR) if "attribute" in evaluate_metrics else None  # written with the attribute metrics
-    page = results_page(evaluate_metrics, _load(paths.TRAIN_REPORT), _load(paths.GENERATE_METRICS), _load(paths.FILTER_REPORT),
-                        _load(paths.PRECOMPUTE_REPORT), _load(paths.BASE_REPORT), per_color)
+    page = results_page(_load(paths.EVALUATE_METRICS), _load(paths.TRAIN_REPORT), _load(paths.GENERATE_METRICS),
+                        _load(paths.FILTER_REPORT), _load(paths.PRECOMPUTE_REPORT), _load(paths.BASE_REPORT),
+                        _load(paths.JUDGE_REPORT))
     atomic_write_text(paths.RESULTS, page)
     log.info("wrote %s", paths.RESULTS)
 

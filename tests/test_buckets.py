@@ -1,8 +1,7 @@
 """Aspect-ratio buckets: sizes, choice, crops, single-bucket batches, validation over buckets,
-generate `auto`, the torso box and the sheets on portraits, resume with buckets."""
+generate `auto` and the sheets on portraits, resume with buckets."""
 
 import json
-import random
 from dataclasses import replace
 
 import numpy as np
@@ -12,14 +11,12 @@ from PIL import Image
 
 from fashion_lora.base import load_base, model_step
 from fashion_lora.buckets import buckets_for, make_buckets, nearest_bucket, size_step
-from fashion_lora.evaluation import dominant_color, torso_box
 from fashion_lora.images import area_kept, resize_crop
 from fashion_lora.inference import image_size
 from fashion_lora.latents import LatentGroups, LatentsError, load_latents
 from fashion_lora.lora import LORA_WEIGHTS
 from fashion_lora.sd15 import sd15_unet_config
 from fashion_lora.sheets import grid
-from fashion_lora.synthetic import COLORS, Garments, render
 from fashion_lora.training import train
 from fashion_lora.training.data import LatentBatches
 from fashion_lora.val_loss import eval_losses, fixed_eval
@@ -147,22 +144,6 @@ def test_precompute_writes_the_most_common_train_bucket(tmp_path, tiny_base):
     groups = load_latents(tmp_path / "lat")
     for t, it in zip(groups.per_item(), groups.items):
         assert tuple(t.shape[1:]) == (it["bucket"][1] // 8, it["bucket"][0] // 8)  # each latent fits its bucket
-
-
-@pytest.mark.parametrize("bucket", [(64, 96), (64, 64), (96, 64)])
-def test_torso_box_finds_the_shirt_at_any_bucket(bucket):
-    rng = random.Random(0)
-    hits = 0
-    colors = list(COLORS)
-    for k in range(24):
-        g = Garments("WOMEN", "shirt", "short-sleeve", colors[k % len(colors)], "solid", "trousers",
-                     colors[(k + 3) % len(colors)], "solid")
-        width = rng.randint(256, 320)
-        img = render(g, (width, round(width * 1.47)), "front", rng)
-        crop, _ = resize_crop(img, bucket, "center")
-        hits += dominant_color(crop) == g.upper_color
-    assert hits >= 23, hits
-    assert torso_box(64, 64) == pytest.approx((0.38, 0.16, 0.62, 0.46), abs=0.01)
 
 
 def test_sheet_cells_keep_the_portrait_aspect():

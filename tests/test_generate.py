@@ -7,11 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from fashion_lora.evaluation import diversity, dominant_color, val_losses
+from fashion_lora.evaluation import diversity, val_losses
 from fashion_lora.lora import load_pipeline
 from fashion_lora.sampling import lora_enabled, sample_image
 from fashion_lora.sheets import grid
-from fashion_lora.synthetic import COLORS
 from fashion_lora.training import train
 from tests.helpers import REPO, outputs, train_params
 
@@ -51,13 +50,6 @@ def test_base_and_lora_losses_use_identical_inputs(tiny_base, trained, latent_di
     base_only.enable_lora = base_only.disable_lora = lambda: None
     m3, _ = val_losses(base_only, lat, caps, repeats=2, bands=5, batch_size=8, seed=0)
     assert m3["base"] == pytest.approx(m1["base"], rel=1e-5)
-
-
-def test_dominant_color_metric():
-    for name, rgb in list(COLORS.items())[:5]:
-        assert dominant_color(Image.new("RGB", (64, 64), rgb)) == name
-    assert dominant_color(Image.new("RGB", (64, 64), (128, 128, 128))) == "grey"
-    assert dominant_color(Image.new("RGB", (64, 64), (128, 128, 128))) != "red"
 
 
 def test_diversity():

@@ -3,6 +3,7 @@ names and shapes, and one training step at 64x64 px (8x8 latents) on CPU."""
 
 import pytest
 import torch
+from PIL import Image
 
 from fashion_lora import diffusion
 from fashion_lora.lora import attach_lora, keep_lora_fp32, lora_state
@@ -56,3 +57,34 @@ def test_sd15_lora_targets_keys_and_shapes(sd15_unet):
     assert torch.isfinite(loss)
     assert named[probe].lora_B["default"].weight.abs().sum() > 0
     assert torch.equal(named[probe].base_layer.weight, base_before)
+
+
+def test_attribute_metric_runs_unchanged_on_the_sd15_architecture(tmp_path):
+    """evaluate's attribute metric on the whole SD1.5 architecture at random weights (CLIP-L
+    text encoder, 4-channel VAE, a LoRA on the UNet): images of a DeepFashion caption at a
+    portrait bucket, read by a judge of another input size, scored, KID computed. Shapes and
+    wiring only: random weights draw noise."""
+    from peft import LoraConfig
+
+    from fashion_lora import attributes as A
+    from fashion_lora.evaluation import attribute_metrics, attribute_sheet
+    from fashion_lora.judge import Judge, JudgeNet
+    from fashion_lora.sd15 import build_sd15_random
+
+    pipe = build_sd15_random(0, tmp_path)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    pipe.set_progress_bar_config(disable=True)
+    classes = {"sleeve_length": ["long-sleeve", "short-sleeve", "sleeveless"], "hat": ["no", "yes"]}
+    report = {"attributes": {a: {"accuracy": 0.95, "scored": True} for a in classes}}
+    judge = Judge(JudgeNet(classes, 48, 32).eval(), report)
+    item = {**dict.fromkeys(A.NAMES, A.NA), "caption": "The T-shirt this guy wears has short sleeves and it is with "
+            "cotton fabric and pure color patterns. This gentleman wears a hat.", "image_name": "x.jpg",
+            "sleeve_length": "short-sleeve", "hat": "yes"}
+    reference = judge.read([Image.new("RGB", (32, 48), (40 * k, 90, 200)) for k in range(3)])[1]
+    metrics, images, reads = attribute_metrics(pipe, judge, reference, [item], set(), 2, 1, 3.0, "", 96, 64, 0,
+                                               max_token_length=154)
+    assert images["base"][0].size == (64, 96) and len(images["lora"]) == 2
+    assert set(metrics["attributes"]) == {"sleeve_length", "hat"}
+    assert all(0 <= r["lora"] <= 1 and r["chance"] == 1.0 and not r["withheld"] for r in metrics["attributes"].values())
+    assert set(metrics["kid"]) == {"base", "lora"} and metrics["attribute_images_per_model"] == 2
+    assert attribute_sheet([item], images, reads, list(metrics["attributes"]), 2) is not None
