@@ -41,6 +41,8 @@ def build_parser(params_file: Path) -> argparse.ArgumentParser:
     g.add_argument("--guidance", type=float, default=settings.guidance_scale,
                    help="classifier-free guidance scale (generate.guidance_scale)")
     g.add_argument("--negative", default=settings.negative_prompt, help="negative prompt (generate.negative_prompt)")
+    g.add_argument("--max-token-length", type=int, choices=(77, 154, 231), default=params.train.max_token_length,
+                   help="prompt tokens, in 75-token windows past 77: as the adapter was trained (train.max_token_length)")
     g.add_argument("--seed", type=int, default=settings.seed, help="noise seed: same seed, same image (generate.seed)")
     g.add_argument("--height", type=_size, default=settings.height,
                    help="pixels, or auto = the most common train bucket in --latents (generate.height)")
@@ -84,7 +86,7 @@ def _generate(args: argparse.Namespace) -> None:
                       fuse=args.fuse and not args.no_lora)
     pipe.set_progress_bar_config(disable=False, desc="denoise", leave=False)
     image = sample_image(pipe, args.prompt, args.negative, args.steps, args.guidance, args.seed,
-                         height, width)
+                         height, width, args.max_token_length)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out)
     log.info("wrote %s (%dx%d, %d steps, guidance %g, seed %d, %s)", args.out, image.width, image.height,

@@ -52,19 +52,67 @@ def training_loss(unet, scheduler, latents: torch.Tensor, noise: torch.Tensor, t
     return mse.mean()
 
 
+def text_hidden_states(text_encoder, input_ids: torch.Tensor) -> torch.Tensor:
+    """Last hidden states of the text encoder (what SD's UNet cross-attends to), gradients as
+    the caller sets them. Ids longer than the encoder's positions (`train.max_token_length`
+    154 or 231) are windows of that length: each is encoded on its own and the hidden states
+    are concatenated, [N, windows * 77, D]."""
+    plain = getattr(text_encoder, "module", text_encoder)  # a training encoder may be wrapped in DDP
+    window = plain.config.max_position_embeddings
+    n, length = input_ids.shape
+    if length <= window:
+        return text_encoder(input_ids)[0]
+    out = text_encoder(input_ids.reshape(n * (length // window), window))[0]
+    return out.reshape(n, length, out.shape[-1])
+
+
 @torch.no_grad()
 def encode_text(text_encoder, input_ids: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Last hidden states of the text encoder (what SD's UNet cross-attends to), without gradients."""
+    """`text_hidden_states` in batches, without gradients."""
     device = next(text_encoder.parameters()).device
-    out = [text_encoder(input_ids[s:s + batch_size].to(device))[0] for s in range(0, len(input_ids), batch_size)]
+    out = [text_hidden_states(text_encoder, input_ids[s:s + batch_size].to(device))
+           for s in range(0, len(input_ids), batch_size)]
     return torch.cat(out) if out else torch.empty(0)
 
 
-def tokenize(tokenizer, captions: list[str]) -> tuple[torch.Tensor, int]:
-    """Token ids padded/truncated to the tokenizer's max length; also how many were truncated."""
-    max_len = tokenizer.model_max_length
-    full = tokenizer(captions, truncation=False, padding=False).input_ids
-    truncated = sum(len(ids) > max_len for ids in full)
-    ids = tokenizer(captions, truncation=True, padding="max_length", max_length=max_len,
-                    return_tensors="pt").input_ids
-    return ids, truncated
+def tokenize(tokenizer, captions: list[str], max_length: int | None = None) -> tuple[torch.Tensor, int]:
+    """Token ids [N, max_length] and how many captions did not fit.
+
+    `max_length` None or the tokenizer's own (77): padded/truncated to it, as SD pipelines do.
+    A multiple of it (154, 231: kohya's `max_token_length`): the caption's tokens in windows of
+    75, each with its own start and end token and padded to 77, the windows side by side;
+    `text_hidden_states` encodes each window apart. Only what passes all windows is cut.
+    """
+    window = tokenizer.model_max_length
+    max_length = max_length or window
+    if max_length % window:
+        raise ValueError(f"max_length {max_length} is not a multiple of the tokenizer's {window}")
+    body = tokenizer(captions, truncation=False, padding=False, add_special_tokens=False).input_ids
+    inner = window - 2
+    truncated = sum(len(ids) > inner * (max_length // window) for ids in body)
+    if max_length == window:
+        ids = tokenizer(captions, truncation=True, padding="max_length", max_length=window,
+                        return_tensors="pt").input_ids
+        return ids, truncated
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    rows = []
+    for ids in body:
+        row = []
+        for k in range(max_length // window):
+            chunk = ids[k * inner:(k + 1) * inner]
+            row += [bos, *chunk, eos] + [pad] * (inner - len(chunk))
+        rows.append(row)
+    return torch.tensor(rows, dtype=torch.long), truncated
+
+
+def prompt_inputs(pipe, prompt: str, negative_prompt: str, max_token_length: int = 77) -> dict:
+    """The prompt arguments of a diffusers pipeline call. At 77 tokens the prompt itself (the
+    pipeline tokenizes it as training did); longer (`train.max_token_length`) its embeddings
+    from the windowed encoding training used, the negative prompt encoded to the same length
+    (classifier-free guidance concatenates the two)."""
+    if max_token_length == pipe.tokenizer.model_max_length:
+        return {"prompt": prompt, "negative_prompt": negative_prompt or None}
+    ids, _ = tokenize(pipe.tokenizer, [prompt, negative_prompt or ""], max_token_length)
+    embeds = encode_text(pipe.text_encoder, ids)
+    return {"prompt_embeds": embeds[:1], "negative_prompt_embeds": embeds[1:]}

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from . import diffusion
 from .params import GenerateParams
 
 
@@ -99,11 +100,11 @@ def reset_cuda_graphs(unet) -> None:
 
 
 def sample_image(pipe, prompt: str, negative_prompt: str, steps: int, guidance_scale: float, seed: int,
-                   height: int, width: int) -> Image.Image:
+                 height: int, width: int, max_token_length: int = 77) -> Image.Image:
     """One image; the noise comes from a CPU generator so a seed means the same image anywhere."""
     generator = torch.Generator("cpu").manual_seed(seed)
     with torch.inference_mode():
-        out = pipe(prompt, negative_prompt=negative_prompt or None, num_inference_steps=steps,
+        out = pipe(**diffusion.prompt_inputs(pipe, prompt, negative_prompt, max_token_length), num_inference_steps=steps,
                    guidance_scale=guidance_scale, height=height, width=width, generator=generator)
     return out.images[0]
 
@@ -113,8 +114,8 @@ def slug(text: str, n: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:n].rstrip("-") or "prompt"
 
 
-def sample_prompt_grid(pipe, settings: GenerateParams, size: tuple[int, int],
-                       out_dir: Path) -> tuple[dict, dict[int, list[float]]]:
+def sample_prompt_grid(pipe, settings: GenerateParams, size: tuple[int, int], out_dir: Path,
+                       max_token_length: int = 77) -> tuple[dict, dict[int, list[float]]]:
     """Every prompt x step count, base and LoRA with the same seed (`settings.seed` + prompt number),
     at `size` (height, width), saved as PNGs in `out_dir`. All base images come first (the LoRA
     is then fused in once when `settings.fuse_lora`). Returns the images by (prompt number, steps,
@@ -130,7 +131,7 @@ def sample_prompt_grid(pipe, settings: GenerateParams, size: tuple[int, int],
                 for steps in settings.steps:
                     t0 = time.perf_counter()
                     image = sample_image(pipe, prompt, settings.negative_prompt, steps, settings.guidance_scale,
-                                         settings.seed + i, *size)
+                                         settings.seed + i, *size, max_token_length)
                     seconds[steps].append(time.perf_counter() - t0)
                     image.save(out_dir / f"{i:02d}_{slug(prompt)}_{steps}steps_{model}.png")
                     images[i, steps, model] = image

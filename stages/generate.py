@@ -23,7 +23,7 @@ def main() -> None:
     dtype = prepare_inference(pipe, device, settings.precision, "generate.precision", cuda_graphs=settings.cuda_graphs)
     with atomic_dir(paths.GENERATE_IMAGES) as tmp:
         images, seconds = sample_prompt_grid(pipe, settings, image_size(settings.height, settings.width, paths.LATENTS),
-                                             tmp)
+                                             tmp, params.train.max_token_length)
     rows = [(prompt, [(f"{s} steps {m}", images[i, s, m]) for s in settings.steps for m in ("base", "lora")])
             for i, prompt in enumerate(settings.prompts)]
     buf = io.BytesIO()

@@ -73,7 +73,7 @@ class LatentBatches:
     only when the bucket has fewer items than processes); a larger one gives whole batches, and
     its remainder waits for the next epoch's shuffle.
     Captions are pre-tokenized in every variant (plain, + each quality term, and "" for
-    dropout) into one table, `token_ids` [(1 + Q) * N + 1, 77]; a batch returns row numbers
+    dropout) into one table, `token_ids` [(1 + Q) * N + 1, train.max_token_length]; a batch returns row numbers
     into it, so text embeddings can be cached per row. The latents may live on the GPU: the
     random draws stay on the CPU generators, so a batch is the same wherever they live.
     """
@@ -89,7 +89,7 @@ class LatentBatches:
         global_batch = self.batch_size * world
         self.per_epoch = sum(n // global_batch if n >= global_batch else 1 for n in self.sizes)
         variants = [captions] + [[f"{c}, {q}" for c in captions] for q in self.captions.quality_terms] + [[""]]
-        ids, truncated = zip(*(diffusion.tokenize(tokenizer, v) for v in variants))
+        ids, truncated = zip(*(diffusion.tokenize(tokenizer, v, train_params.max_token_length) for v in variants))
         self.token_ids = torch.cat(ids)
         self.truncated = truncated[0]
         self.empty_row = len(self.token_ids) - 1
@@ -160,7 +160,7 @@ class TextEmbeddings:
         if self.table is not None:
             return self.table[to_device(self.inverse[rows], self.device)]
         with torch.set_grad_enabled(self.trains):
-            return self.encoder(to_device(self.token_ids[rows], self.device))[0]
+            return diffusion.text_hidden_states(self.encoder, to_device(self.token_ids[rows], self.device))
 
 
 @dataclass
@@ -199,7 +199,8 @@ def setup_data(params: Params, model, latent_dir: Path) -> Data:
     trains_text = model.text_encoder is not None
     text = TextEmbeddings(model.text_encoder if trains_text else base.text_encoder, batches.token_ids, model.device,
                           trains=trains_text)
-    val_ids, val_truncated = diffusion.tokenize(base.tokenizer, [it["caption"] for it in val.items])
+    val_ids, val_truncated = diffusion.tokenize(base.tokenizer, [it["caption"] for it in val.items],
+                                                params.train.max_token_length)
     # a training encoder is re-encoded at each validation
     val_encoder_hidden_states = None if trains_text else diffusion.encode_text(base.text_encoder, val_ids).float().cpu()
     val_latents = val.per_item()
@@ -210,7 +211,7 @@ def setup_data(params: Params, model, latent_dir: Path) -> Data:
     log.info("train %d latents in buckets %s (%d batches per epoch), val %d (x%d fixed draws); "
              "%d of %d train captions truncated at %d tokens", len(train_latents), _bucket_sizes(train_latents),
              batches.per_epoch, len(val), params.train.val_repeats, batches.truncated, len(train_latents),
-             base.tokenizer.model_max_length)
+             params.train.max_token_length)
     return Data(batches=batches, text=text, val_latents=val_latents, val_encoder_hidden_states=val_encoder_hidden_states,
                 val_ids=val_ids, val_plan=plan, val_truncated=val_truncated,
                 sample_size=_sample_size(train_latents, base.vae))

@@ -79,5 +79,6 @@ def _render_sample(base, unet, train_params: TrainParams, size: tuple[int, int])
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(samples.seed)
-    return pipe(samples.prompt, num_inference_steps=samples.steps, guidance_scale=samples.guidance_scale,
+    return pipe(**diffusion.prompt_inputs(pipe, samples.prompt, "", train_params.max_token_length),
+                num_inference_steps=samples.steps, guidance_scale=samples.guidance_scale,
                 height=size[0], width=size[1], generator=generator).images[0]
