@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import yaml
 
+from .attributes import NAMES
+
 Device = Literal["auto", "cpu", "cuda"]
 Precision = Literal["auto", "fp32", "fp16", "bf16"]  # inference weights; auto = fp16 on CUDA, fp32 on CPU
 Workers = int | Literal["auto"]  # process count; auto = the machine's cores
@@ -89,14 +91,17 @@ class SyntheticData:
 class DeepFashionData:
     images_id: str  # Google Drive file id of the images zip
     captions_id: str  # Google Drive file id of captions.json (or a zip holding it)
+    labels_id: str | None  # Google Drive file id of the labels folder's zip; null = captions only
     images_sha256: str | None  # expected checksum of the images archive; null = log it only
     captions_sha256: str | None  # expected checksum of the captions file; null = log it only
+    labels_sha256: str | None  # expected checksum of the labels zip; null = log it only
 
 
 @dataclass(frozen=True)
 class LocalData:
     images: str | None  # a folder of images or a .zip of them
     captions: str | None  # a {file_name: caption} .json, or a .zip holding one
+    labels: str | None  # optional: a folder (or .zip) with the data set's label files; null = none
 
 
 @dataclass(frozen=True)
@@ -131,7 +136,10 @@ class PretrainParams:
     images: int = limits(ge=2)  # synthetic images drawn for pretraining, from their own seed
     holdout: int  # of those, kept out of training to measure the VAE's PSNR
     seed_offset: int  # added to `seed`; differs from data.synthetic.seed_offset so no image is shared
-    # replaces every colour word in the base's captions (the withheld attribute)
+    # attributes (labels.NAMES) whose words the base's captions never hold: the LoRA must teach them
+    withheld: list[str] = limits(check=lambda names: len(set(names)) == len(names) and all(n in NAMES for n in names),
+                                 message="must be distinct attribute names of fashion_lora/labels.py (e.g. upper_pattern)")
+    # replaces the withheld attributes' words in the base's captions
     neutral_word: str = limits(check=lambda w: bool(w.strip()) and w.isalpha(), message="must be one word of letters")
     vae_steps: int = limits(gt=0)
     vae_batch_size: int = limits(gt=0)
@@ -140,6 +148,7 @@ class PretrainParams:
     unet_steps: int = limits(gt=0)
     unet_batch_size: int = limits(gt=0)
     unet_learning_rate: float = limits(gt=0, lt=1)
+    text_encoder: bool  # train the tiny CLIP text encoder with the UNet (else it stays at its random init)
     caption_dropout: float = limits(ge=0, lt=1)  # fraction of empty captions, so classifier-free guidance works
 
     def validate(self) -> None:
@@ -282,6 +291,9 @@ class TrainParams:
     noise_offset: float = limits(ge=0)  # 0 = off
     # timestep density ~ t^(bias-1); 1 = uniform, > 1 favours high noise
     timestep_bias: float = limits(gt=0, le=10, message="must be in (0, 10] (1 = uniform)")
+    # tokens per caption: 77 as SD; 154 or 231 = two or three 75-token windows (kohya), in training,
+    # validation, evaluate, generate and the CLI
+    max_token_length: Literal[77, 154, 231]
     val_every: int = limits(ge=1)
     val_repeats: int = limits(ge=1)  # fixed (noise, timestep) draws per val latent
     checkpoint_every: int = limits(ge=1)
@@ -312,17 +324,30 @@ class TrainParams:
         return self.restart_period if self.restart_period is not None else self.max_steps
 
 
+# ----------------------------------------------------------------------------- judge
+@dataclass(frozen=True)
+class JudgeParams:
+    device: Device
+    height: int = limits(ge=16)  # images are cropped to cover this size (like precompute) before the judge
+    width: int = limits(ge=16)
+    epochs: int = limits(ge=1)
+    batch_size: int = limits(ge=1)
+    learning_rate: float = limits(gt=0, lt=1)
+    min_accuracy: float = limits(ge=0, le=1)  # attributes read worse than this on held-out images are not scored
+    min_items: int = limits(ge=1)  # nor those with fewer labelled held-out images
+
+
 # ----------------------------------------------------------------------------- evaluate
 @dataclass(frozen=True)
 class EvaluateParams:
     device: Device
-    precision: Precision  # of the pipeline drawing the colour-attribute images (val losses stay fp32)
+    precision: Precision  # of the pipeline drawing the attribute images (val losses stay fp32)
     repeats: int = limits(ge=1)  # fixed (noise, timestep) draws per val latent
     timestep_bands: int = limits(ge=1)  # loss is also reported per band of [0, T)
     batch_size: int = limits(ge=1)
-    attribute_prompts: int = limits(ge=0)  # colour prompts generated for the attribute metric (0 = off)
+    attribute_captions: int = limits(ge=0)  # held-out captions drawn for the attribute metric (0 = off)
     attribute_steps: int = limits(ge=1)  # sampling steps for those images
-    attribute_seeds: int = limits(ge=1)  # images per colour prompt (seeds seed .. seed + n - 1)
+    attribute_seeds: int = limits(ge=1)  # images per caption (seeds seed .. seed + n - 1)
     clip_model: str | None  # local CLIP folder for a CLIP score; null = off
 
 
@@ -354,6 +379,7 @@ class Params:
     filter: FilterParams
     precompute: PrecomputeParams
     train: TrainParams
+    judge: JudgeParams
     evaluate: EvaluateParams
     generate: GenerateParams
 

@@ -20,9 +20,9 @@ from fashion_lora.training import Outputs
 
 REPO = Path(__file__).resolve().parents[1]
 
-CAPTIONS = ["The lady wears a short-sleeve red shirt with solid color patterns.",
-            "The gentleman wears a long-sleeve blue sweater with stripe patterns.",
-            "The lady wears a sleeveless green dress with dot patterns."]
+CAPTIONS = ["The lady wears a short-sleeve T-shirt with cotton fabric and pure color patterns.",
+            "The gentleman wears a long-sleeve sweater with knitted fabric and striped patterns.",
+            "The upper clothing has no sleeves, chiffon fabric and lattice patterns. There is a hat on her head."]
 
 # Small but complete settings for end-to-end runs of the real pipeline in a temp copy.
 SMALL = {
@@ -32,10 +32,13 @@ SMALL = {
     "train.val_every": 10,
     "train.checkpoint_every": 10,
     "evaluate.repeats": 2,
-    "evaluate.attribute_prompts": 2,
+    "evaluate.attribute_captions": 2,
+    "judge.epochs": 2,
+    "judge.min_accuracy": 0.0,  # score whatever the judge of so small a run reads: the wiring is under test
+    "judge.min_items": 1,
     "evaluate.attribute_steps": 2,
     "generate.steps": [2, 3],
-    "generate.prompts": ["The lady wears a red dress.", "The gentleman wears a blue shirt."],
+    "generate.prompts": ["The lady wears a sleeveless tank top.", "The gentleman wears a hat."],
 }
 
 

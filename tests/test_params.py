@@ -14,13 +14,17 @@ def test_default_params_load(params):
                                                 "conv1", "conv2"]
     assert params.data.deepfashion.images_id == "1U2PljA7NE57jcSSzPs21ZurdIPXdYZtN"
     assert params.generate.steps == [20, 30, 50] and params.generate.guidance_scale == 3.0
-    assert params.model.pretrain.neutral_word == "colored" and params.model.pretrain.holdout < params.model.pretrain.images
+    assert params.model.pretrain.neutral_word == "some" and params.model.pretrain.holdout < params.model.pretrain.images
 
 
 @pytest.mark.parametrize("key,value,fragment", [
     ("model.pretrain.holdout", 5000, "model.pretrain.holdout"),
     ("model.pretrain.neutral_word", "two words", "model.pretrain.neutral_word"),
     ("model.pretrain.vae_learning_rate", 0.0, "model.pretrain.vae_learning_rate"),
+    ("model.pretrain.withheld", ["upper_colour"], "model.pretrain.withheld"),
+    ("model.pretrain.withheld", ["hat", "hat"], "model.pretrain.withheld"),
+    ("judge.min_accuracy", 1.5, "judge.min_accuracy"),
+    ("judge.height", 8, "judge.height"),
     ("filter.val_fraction", 1.5, "filter.val_fraction"),
     ("filter.val_fraction", 0, "filter.val_fraction"),
     ("data.synthetic.count", -3, "data.synthetic.count"),

@@ -19,7 +19,7 @@ from fashion_lora.filtering import product_id
 from tests.helpers import SMALL, dvc, env, git, make_repo, render_offline, run, write_params
 
 pytestmark = pytest.mark.slow
-STAGES = ("check", "download", "base_model", "filter", "precompute", "train", "evaluate", "generate", "report")
+STAGES = ("check", "download", "base_model", "filter", "precompute", "train", "judge", "evaluate", "generate", "report")
 
 
 def ran(proc) -> set[str]:
@@ -38,7 +38,9 @@ def repo(tmp_path_factory):
 
 def test_outputs_are_complete_and_honest(repo):
     df = pd.read_csv(repo / "data/fashion_data.csv", keep_default_na=False)
-    assert list(df.columns) == ["image_name", "image_path", "caption", "split"]
+    assert list(df.columns[:5]) == ["image_name", "image_path", "caption", "split", "labels_from"]
+    assert {"sleeve_length", "upper_pattern", "outer_cardigan", "hat"} <= set(df.columns)
+    assert set(df.labels_from) <= {"file", "caption"} and (df.sleeve_length != "NA").all()
     assert (df.caption.str.len() >= 10).all()
     assert all((repo / p).is_file() for p in df.image_path)
     train_ids = {product_id(n) for n in df[df.split == "train"].image_name}
@@ -64,6 +66,13 @@ def test_outputs_are_complete_and_honest(repo):
     assert tr["steps"] == SMALL["train.max_steps"] and tr["best_val"]["mse"] < tr["base_val"]["mse"]
     ev = json.loads((repo / "reports/evaluate/metrics.json").read_text())
     assert ev["lora"]["mse"] < ev["base"]["mse"]
+    judge = json.loads((repo / "reports/judge.json").read_text())
+    scored = [a for a, r in judge["attributes"].items() if r["scored"]]
+    assert scored and set(ev["attributes"]) <= set(scored)  # the judge's attributes, read from its models/judge
+    assert ev["attribute_images_per_model"] == SMALL["evaluate.attribute_captions"] * 2
+    assert (repo / "models/judge/judge.safetensors").is_file() and (repo / "reports/evaluate/attribute_sheet.png").is_file()
+    rows = json.loads((repo / "reports/evaluate/attributes.json").read_text())
+    assert [r["attribute"] for r in rows] == list(ev["attributes"])
     n_img = len(SMALL["generate.prompts"]) * len(SMALL["generate.steps"]) * 2
     pngs = list((repo / "reports/generate/images").glob("*.png"))
     assert len(pngs) == n_img and all(Image.open(f).size == (64, 96) for f in pngs)  # generate.height/width auto
@@ -239,7 +248,7 @@ def test_branches_metrics_params_and_offline_plots(repo, tmp_path):
     assert isinstance(lora["old"], float) and isinstance(lora["new"], float) and lora["old"] != lora["new"]
     plots_proc = dvc(clone, "plots", "diff", "HEAD~1", "--out", str(tmp_path / "clone_plots"))
     assert "failed to load" not in (plots_proc.stdout + plots_proc.stderr).lower()
-    assert "Colour accuracy per colour" in (tmp_path / "clone_plots/index.html").read_text()
+    assert "Attribute accuracy, base vs LoRA" in (tmp_path / "clone_plots/index.html").read_text()
     git(repo, "checkout", "-q", "main")
     dvc(repo, "checkout")
 
@@ -271,6 +280,8 @@ def test_param_changes_rerun_only_downstream(repo):
     assert ran(dvc(repo, "repro")) == {"check", "train", "evaluate", "generate", "report"}
     write_params(repo, {"generate.guidance_scale": 9.0})
     assert ran(dvc(repo, "repro")) == {"check", "evaluate", "generate", "report"}
+    write_params(repo, {"judge.epochs": 3})  # a judge change never reruns train
+    assert ran(dvc(repo, "repro")) == {"check", "judge", "evaluate", "report"}
     write_params(repo, {"filter.min_caption_length": 12})
     stages = ran(dvc(repo, "repro"))
     assert "filter" in stages and not stages & {"download", "base_model"}
@@ -291,6 +302,7 @@ def test_two_process_training_gives_one_adapter(repo):
     """torchrun starts 2 CPU processes (gloo); Accelerator trains with DDP (the UNet and, by
     default, the text encoder, each wrapped); one adapter with both parts results."""
     torchrun = str(Path(sys.executable).parent / "torchrun")
+    write_params(repo, {"cpu_threads": 1})  # one thread per process: 2 x 2 threads on 2 cores ran 2x slower
     run([torchrun, "--nproc_per_node", "2", "-m", "stages.train"], repo)
     report = json.loads((repo / "reports/train_report.json").read_text())
     assert report["system"]["processes"] == 2 and report["steps"] == SMALL["train.max_steps"]
