@@ -138,7 +138,7 @@ class PretrainParams:
     seed_offset: int  # added to `seed`; differs from data.synthetic.seed_offset so no image is shared
     # attributes (labels.NAMES) whose words the base's captions never hold: the LoRA must teach them
     withheld: list[str] = limits(check=lambda names: len(set(names)) == len(names) and all(n in NAMES for n in names),
-                                 message="must be distinct attribute names of fashion_lora/labels.py (e.g. upper_pattern)")
+                                 message="must be distinct attribute names of fashion_lora/attributes.py (e.g. upper_pattern, hat)")
     # replaces the withheld attributes' words in the base's captions
     neutral_word: str = limits(check=lambda w: bool(w.strip()) and w.isalpha(), message="must be one word of letters")
     vae_steps: int = limits(gt=0)
