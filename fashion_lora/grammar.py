@@ -29,9 +29,11 @@ _PATTERN_WORDS = (("floral", r"floral|flower"), ("graphic", r"graphic"), ("strip
                   ("color block", r"color block"), ("other", r"complicated|mixed|\bother\b"))
 _NECKLINES = (("V-shape", r"v-shape|v-neck"), ("square", r"square"), ("round", r"round|crew"),
               ("standing", r"standing|stand-up"), ("lapel", r"lapel"), ("suspenders", r"suspender"))
-_ACCESSORIES = (("hat", r"\bhat\b|\bcap\b"), ("neckwear", r"neckwear|scarf|necklace"),
-                ("wrist_wearing", r"wrist"), ("ring", r"\bring\b"), ("waist_accessories", r"\bbelt\b"),
-                ("socks", r"\bsocks\b"), ("glasses", r"glasses"))
+# (attribute, phrase, the value a mention states)
+_ACCESSORIES = (("hat", r"\bhat\b|\bcap\b", "yes"), ("neckwear", r"neckwear|scarf|necklace", "yes"),
+                ("wrist_wearing", r"wrist", "yes"), ("ring", r"\bring\b", "yes"),
+                ("waist_accessories", r"\bbelt\b", "belt"), ("socks", r"\bsocks\b", "socks"),
+                ("glasses", r"sunglasses", "sunglasses"), ("glasses", r"(?<!sun)glasses", "eyeglasses"))
 
 
 def _first(table, text: str) -> str | None:
@@ -57,12 +59,9 @@ def parse_caption(caption: str) -> dict[str, str]:
                 if value:
                     out["neckline"] = value
                 continue
-            accessories = [name for name, pattern in _ACCESSORIES if re.search(pattern, clause)]
+            accessories = {name: value for name, pattern, value in _ACCESSORIES if re.search(pattern, clause)}
             if accessories and _garment(clause) is None:
-                for name in accessories:
-                    out[name] = "belt" if name == "waist_accessories" else "socks" if name == "socks" else (
-                        "sunglasses" if name == "glasses" and "sunglasses" in clause else
-                        "eyeglasses" if name == "glasses" else "yes")
+                out.update(accessories)
                 continue
             current = _garment(clause) or current
             if current == "outer":
