@@ -136,9 +136,9 @@ class PretrainParams:
     images: int = limits(ge=2)  # synthetic images drawn for pretraining, from their own seed
     holdout: int  # of those, kept out of training to measure the VAE's PSNR
     seed_offset: int  # added to `seed`; differs from data.synthetic.seed_offset so no image is shared
-    # attributes (labels.NAMES) whose words the base's captions never hold: the LoRA must teach them
+    # attributes (attributes.NAMES) whose words the base's captions never hold: the LoRA must teach them
     withheld: list[str] = limits(check=lambda names: len(set(names)) == len(names) and all(n in NAMES for n in names),
-                                 message="must be distinct attribute names of fashion_lora/attributes.py (e.g. upper_pattern, hat)")
+                                 message="must be distinct attribute names from fashion_lora/attributes.py (e.g. hat)")
     # replaces the withheld attributes' words in the base's captions
     neutral_word: str = limits(check=lambda w: bool(w.strip()) and w.isalpha(), message="must be one word of letters")
     vae_steps: int = limits(gt=0)
