@@ -9,7 +9,6 @@ import itertools
 import logging
 import random
 import warnings
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from PIL import Image
 
 from . import attributes as A
 from . import diffusion
-from .judge import Judge
+from .judge import Judge, majority_rate
 from .sampling import lora_enabled, sample_image
 from .sheets import grid
 from .utils import UserError
@@ -162,7 +161,7 @@ def score_attributes(items: list[dict], reads: dict[str, dict[str, list[str]]], 
         if not stated:
             continue
         row = {m: round(sum(reads[m][attr][i] == truth[i] for i in stated) / len(stated), 4) for m in reads}
-        row.update(chance=round(Counter(truth[i] for i in stated).most_common(1)[0][1] / len(stated), 4),
+        row.update(chance=majority_rate([truth[i] for i in stated]),
                    ceiling=judge_table[attr]["accuracy"], withheld=attr in withheld, images=len(stated))
         out[attr] = row
     return out

@@ -105,6 +105,11 @@ class Judge:
         return reads, torch.cat(feats)
 
 
+def majority_rate(labels: list[str]) -> float:
+    """The rate of the most common value: the `chance` of an attribute over these labels."""
+    return round(Counter(labels).most_common(1)[0][1] / len(labels), 4)
+
+
 def classes_of(df: pd.DataFrame) -> dict[str, list[str]]:
     """The attributes with at least two labelled values in `df`, and those values (sorted)."""
     out = {}
@@ -175,7 +180,7 @@ def score_table(classes: dict[str, list[str]], held: pd.DataFrame, reads: dict[s
         else:
             hits = sum(reads[name][i] == truth[i] for i in items)
             row["accuracy"] = round(hits / len(items), 4) if items else None
-            row["chance"] = round(Counter(truth[i] for i in items).most_common(1)[0][1] / len(items), 4) if items else None
+            row["chance"] = majority_rate([truth[i] for i in items]) if items else None
             if len(items) < settings.min_items:
                 row.update(scored=False, why=f"{len(items)} labelled held-out images, fewer than judge.min_items")
             elif row["accuracy"] < settings.min_accuracy:
