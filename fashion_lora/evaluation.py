@@ -173,6 +173,19 @@ def attribute_rows(attributes: dict) -> list[dict]:
             for a, r in attributes.items()]
 
 
+def attribute_reads(items: list[dict], reads: dict[str, dict[str, list[str]]], n_seeds: int, attributes: list[str],
+                    seed: int) -> pd.DataFrame:
+    """One row per drawn image and scored attribute its caption states: the held-out image the
+    caption belongs to, the sampling seed, the model, the stated value and what the judge read.
+    The per-image record behind the accuracies (`reads` item-major, `n_seeds` per item), so a
+    user can break a score down, e.g. the lower garment's pattern by its length."""
+    rows = [{"image_name": item["image_name"], "seed": seed + s, "model": model, "attribute": attr,
+             "stated": item[attr], "read": reads[model][attr][k * n_seeds + s]}
+            for model in reads for k, item in enumerate(items) for s in range(n_seeds)
+            for attr in attributes if item[attr] != A.NA]
+    return pd.DataFrame(rows, columns=["image_name", "seed", "model", "attribute", "stated", "read"])
+
+
 def attribute_sheet(items: list[dict], images: dict[str, list[Image.Image]], reads: dict[str, dict[str, list[str]]],
                     attributes: list[str], n_seeds: int, per_attribute: int = 1, seeds_shown: int = 2) -> Image.Image | None:
     """Per scored attribute, `per_attribute` captions that state it (preferring captions no

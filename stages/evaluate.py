@@ -1,6 +1,6 @@
 """evaluate stage: base vs LoRA on the held-out val latents, and the attribute judge's reading of images
 drawn from held-out captions -> reports/evaluate/ (metrics.json, bands.json, attributes.json,
-attribute_sheet.png)."""
+attribute_reads.csv, attribute_sheet.png)."""
 
 import logging
 
@@ -8,7 +8,15 @@ import pandas as pd
 
 from fashion_lora import judge as judges
 from fashion_lora import paths
-from fashion_lora.evaluation import attribute_items, attribute_metrics, attribute_rows, attribute_sheet, clip_score, val_losses
+from fashion_lora.evaluation import (
+    attribute_items,
+    attribute_metrics,
+    attribute_reads,
+    attribute_rows,
+    attribute_sheet,
+    clip_score,
+    val_losses,
+)
 from fashion_lora.inference import image_size, prepare_inference
 from fashion_lora.latents import load_latents
 from fashion_lora.lora import load_pipeline
@@ -16,6 +24,7 @@ from fashion_lora.params import load_params
 from fashion_lora.utils import UserError, atomic_dir, configure_torch, resolve_device, run_stage, write_json
 
 log = logging.getLogger("stages.evaluate")
+READS = "attribute_reads.csv"  # in reports/evaluate: one row per drawn image and stated attribute
 
 
 def main() -> None:
@@ -62,6 +71,8 @@ def main() -> None:
         write_json(tmp / "bands.json", bands)
         if scoring:
             write_json(tmp / paths.EVALUATE_PER_ATTRIBUTE.name, attribute_rows(attr["attributes"]))
+            attribute_reads(items, reads, settings.attribute_seeds, list(attr["attributes"]), params.seed).to_csv(
+                tmp / READS, index=False)
             sheet = attribute_sheet(items, images, reads, list(attr["attributes"]), settings.attribute_seeds)
             if sheet is None:
                 log.warning("no attribute the judge scores is stated by the attribute captions: no sheet")

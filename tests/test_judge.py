@@ -13,7 +13,7 @@ from fashion_lora import attributes as A
 from fashion_lora import judge as judges
 from fashion_lora import synthetic
 from fashion_lora.captions import load_captions
-from fashion_lora.evaluation import attribute_rows, kid, score_attributes
+from fashion_lora.evaluation import attribute_reads, attribute_rows, kid, score_attributes
 from fashion_lora.filtering import filter_entries, join_labels, sample_and_split, to_frame
 from fashion_lora.labels import read_labels
 from tests.helpers import small_params
@@ -102,6 +102,15 @@ def test_score_counts_only_stated_attributes_and_chance_is_the_majority():
     # stated images: 0,1 (yes), 4,5 (no), 6,7 (yes); NA item (images 2,3) not scored
     assert row == {"base": round(4 / 6, 4), "lora": 1.0, "chance": round(4 / 6, 4), "ceiling": 0.95, "withheld": False,
                    "images": 6}
+    # the per-image record: the same images, and its accuracy is the score's
+    items = [dict(it, image_name=f"{k}.jpg") for k, it in enumerate(items)]
+    table = attribute_reads(items, reads, 2, ["hat"], 7)
+    assert len(table) == 2 * 6 and set(table.model) == {"base", "lora"} and "NA" not in set(table.stated)
+    assert list(table[table.model == "base"].seed) == [7, 8, 7, 8, 7, 8]
+    assert list(table[table.model == "base"].image_name) == ["0.jpg", "0.jpg", "2.jpg", "2.jpg", "3.jpg", "3.jpg"]
+    for model in ("base", "lora"):
+        rows = table[table.model == model]
+        assert round((rows.stated == rows.read).mean(), 4) == row[model]
 
 
 def test_without_labels_the_judge_scores_nothing(tmp_path):

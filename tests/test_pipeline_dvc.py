@@ -73,6 +73,10 @@ def test_outputs_are_complete_and_honest(repo):
     assert (repo / "models/judge/judge.safetensors").is_file() and (repo / "reports/evaluate/attribute_sheet.png").is_file()
     rows = json.loads((repo / "reports/evaluate/attributes.json").read_text())
     assert [r["attribute"] for r in rows] == list(ev["attributes"])
+    reads = pd.read_csv(repo / "reports/evaluate/attribute_reads.csv", keep_default_na=False)
+    for attr, row in ev["attributes"].items():  # the per-image record adds up to the metric
+        lora = reads[(reads.attribute == attr) & (reads.model == "lora")]
+        assert len(lora) == row["images"] and round((lora.stated == lora.read).mean(), 4) == row["lora"]
     n_img = len(SMALL["generate.prompts"]) * len(SMALL["generate.steps"]) * 2
     pngs = list((repo / "reports/generate/images").glob("*.png"))
     assert len(pngs) == n_img and all(Image.open(f).size == (64, 96) for f in pngs)  # generate.height/width auto
