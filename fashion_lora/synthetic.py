@@ -135,12 +135,15 @@ def _accent(color: tuple[int, int, int]) -> tuple[int, ...]:
 
 
 def _pattern_fill(size: tuple[int, int], color: tuple[int, int, int], pattern: str, u: float,
-                  span: tuple[float, float]) -> Image.Image:
+                  span: tuple[float, float], cx: float) -> Image.Image:
     """A full-size image of the garment colour with its pattern; `u` is the figure's unit
-    (1/100 of the height) and `span` the garment's top and bottom, where a colour block
-    splits. Stripes repeat every 13u and lattice cells are 12u: at 64x96 about 12 pixels,
-    one and a half latent cells of the tiny VAE, coarse enough for the tiny UNet to draw
-    (at 10u and 9u its images showed them as mush: LoRA accuracy 0.50 upper, 0.22 lower)."""
+    (1/100 of the height), `span` the garment's top and bottom, where a colour block
+    splits, and `cx` the figure's centre line. Stripes repeat every 13u and lattice cells are
+    12u: at 64x96 about 12 pixels, one and a half latent cells of the tiny VAE, coarse enough
+    for the tiny UNet to draw (at 10u and 9u its images showed them as mush: LoRA accuracy
+    0.50 upper, 0.22 lower). The lattice's vertical lines sit half a cell either side of `cx`,
+    so each leg carries one down its middle on every figure; counted from the image's edge they
+    fell anywhere on a leg, and the LoRA drew the lower lattice at 0.28."""
     fill = Image.new("RGB", size, color)
     if pattern == "pure color":
         return fill
@@ -153,7 +156,8 @@ def _pattern_fill(size: tuple[int, int], color: tuple[int, int, int], pattern: s
     elif pattern == "lattice":
         step, width = 12 * u, max(2, int(3 * u))
         for k in range(int(max(w, h) / step) + 1):
-            d.line([(k * step, 0), (k * step, h)], fill=accent, width=width)
+            for x in (cx + (k + 0.5) * step, cx - (k + 0.5) * step):
+                d.line([(x, 0), (x, h)], fill=accent, width=width)
             d.line([(0, span[0] + k * step), (w, span[0] + k * step)], fill=accent, width=width)
     elif pattern == "color block":
         d.rectangle([0, (span[0] + span[1]) / 2, w, h], fill=accent)
@@ -187,9 +191,11 @@ def render(g: Garments, size: tuple[int, int], view: str, rng: random.Random) ->
         for poly in shapes:
             md.polygon(poly, fill=255)
         color = tuple(min(255, max(0, c + rng.randint(-12, 12))) for c in FABRIC_COLORS[fabric])
-        img.paste(_pattern_fill(size, color, pattern, u, span), (0, 0), mask)
+        img.paste(_pattern_fill(size, color, pattern, u, span, cx), (0, 0), mask)
 
-    bottom = {"three-point": 70 * u, "three-quarter": 83 * u, "long": 94 * u}[g.lower_length]
+    # shorts end at 75u, 20u below the waist: room for two stripes (ending at 70u they held one
+    # and a half, which read like a colour block: the LoRA drew striped lower garments at 0.13)
+    bottom = {"three-point": 75 * u, "three-quarter": 85 * u, "long": 94 * u}[g.lower_length]
     legs = [[(cx - sw * 0.9, 55 * u), (cx - 0.5 * u, 55 * u), (cx - 0.5 * u, bottom), (cx - leg - 1.5 * u, bottom)],
             [(cx + 0.5 * u, 55 * u), (cx + sw * 0.9, 55 * u), (cx + leg + 1.5 * u, bottom), (cx + 0.5 * u, bottom)]]
     paint(legs, g.lower_fabric, g.lower_pattern, (55 * u, bottom))

@@ -58,3 +58,43 @@ def test_render_portrait_proportions():
     img = synthetic.render(g, (300, 441), "front", random.Random(0))
     assert img.size == (300, 441)
     assert np.asarray(img).std() > 10  # not a blank canvas
+
+
+def _accent_mask(g, seed=5, size=(300, 441)):
+    """Where the lower pattern of `g` differs from the same figure in pure colour: its accent
+    pixels (render draws the same geometry and colours from the same rng either way)."""
+    from dataclasses import replace
+
+    plain = replace(g, lower_pattern="pure color")
+    a = np.asarray(synthetic.render(g, size, "front", random.Random(seed)), dtype=int)
+    b = np.asarray(synthetic.render(plain, size, "front", random.Random(seed)), dtype=int)
+    return np.abs(a - b).sum(-1) > 60
+
+
+def _bands(rows: np.ndarray) -> int:
+    return int(rows[0]) + int(np.sum(rows[1:] & ~rows[:-1]))
+
+
+def test_lower_patterns_stay_distinct_on_shorts_and_legs():
+    """The lower garment's patterns are drawn so that they differ where it is smallest: striped
+    shorts carry two bands (one would read as a colour block), and a lattice runs a vertical
+    line down the same place of each leg on every figure (lines counted from the image's edge
+    fell anywhere on a leg, depending on where the figure stood)."""
+    from dataclasses import replace
+
+    base = replace(synthetic.random_garments(random.Random(0)), lower_length="three-point", outer=False, outer_fabric="")
+    h, u = 441, 4.41
+    shorts = slice(int(0.56 * h), int(0.74 * h))  # below the waist, above the hem
+    assert _bands(_accent_mask(replace(base, lower_pattern="striped"))[shorts].any(axis=1)) >= 2
+    assert _bands(_accent_mask(replace(base, lower_pattern="color block"))[shorts].any(axis=1)) == 1
+    offsets = []
+    for seed in range(6):  # the figure's position varies with the rng
+        g = replace(base, lower_length="long", lower_pattern="lattice")
+        cover = _accent_mask(g, seed)[int(0.56 * h):int(0.93 * h)].mean(axis=0)  # share of rows in accent
+        legs = np.flatnonzero(_accent_mask(replace(g, lower_pattern="color block"), seed)[int(0.93 * h) - 3])
+        centre = (legs.min() + legs.max()) / 2  # the gap between the legs
+        line = np.flatnonzero(cover > 0.9)  # columns in accent from the waist to the hem
+        left, right = line[line < centre], line[line > centre]
+        assert len(left) and len(right), seed
+        offsets += [(centre - left.mean()) / u, (right.mean() - centre) / u]
+    assert max(offsets) - min(offsets) < 2, offsets
