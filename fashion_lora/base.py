@@ -34,6 +34,14 @@ def check_base_dir(path: Path) -> None:
         raise UserError(f"{path} is not a base model folder (no model_index.json); run `dvc repro base_model`")
 
 
+def load_tokenizer(path: Path):
+    """The base's tokenizer from its folder (`models/base/tokenizer`)."""
+    from transformers import CLIPTokenizer
+
+    check_base_dir(path.parent)
+    return CLIPTokenizer.from_pretrained(path)
+
+
 @dataclass
 class Base:
     """The frozen parts of the base model plus the training noise scheduler."""
@@ -49,11 +57,10 @@ def load_base(path: Path, device: torch.device, dtype: torch.dtype = torch.float
               with_vae: bool = True) -> Base:
     """Load the base components from a `save_pretrained` folder, frozen and in eval mode."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
-    check_base_dir(path)
+    tokenizer = load_tokenizer(path / "tokenizer")
     kw = dict(dtype=dtype, use_safetensors=True)
-    tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder", **kw).to(device)
     unet = UNet2DConditionModel.from_pretrained(path / "unet", **kw).to(device)
     vae = AutoencoderKL.from_pretrained(path / "vae", **kw).to(device) if with_vae else None

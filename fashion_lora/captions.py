@@ -36,7 +36,7 @@ def unsafe_name_reason(name: str) -> str | None:
 def load_captions(path: Path) -> dict:
     """Read a captions JSON object; anything else stops with the file and the problem named."""
     try:
-        raw = json.loads(path.read_bytes().decode("utf-8"))
+        raw = json.loads(path.read_bytes().decode("utf-8-sig"))  # a byte-order mark is not content
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: captions file is not UTF-8 text ({e})") from None
     except json.JSONDecodeError as e:

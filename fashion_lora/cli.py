@@ -41,8 +41,10 @@ def build_parser(params_file: Path) -> argparse.ArgumentParser:
     g.add_argument("--guidance", type=float, default=settings.guidance_scale,
                    help="classifier-free guidance scale (generate.guidance_scale)")
     g.add_argument("--negative", default=settings.negative_prompt, help="negative prompt (generate.negative_prompt)")
-    g.add_argument("--max-token-length", type=int, choices=(77, 154, 231), default=params.train.max_token_length,
-                   help="prompt tokens, in 75-token windows past 77: as the adapter was trained (train.max_token_length)")
+    g.add_argument("--max-token-length", type=_window, choices=("auto", 77, 154, 231),
+                   default=params.train.max_token_length,
+                   help="prompt tokens, in 75-token windows past 77; auto = the window the adapter records "
+                        "(train.max_token_length)")
     g.add_argument("--seed", type=int, default=settings.seed, help="noise seed: same seed, same image (generate.seed)")
     g.add_argument("--height", type=_size, default=settings.height,
                    help="pixels, or auto = the most common train bucket in --latents (generate.height)")
@@ -64,6 +66,10 @@ def build_parser(params_file: Path) -> argparse.ArgumentParser:
     return ap
 
 
+def _window(value: str) -> int | str:
+    return int(value) if value.isdigit() else value
+
+
 def _size(value: str) -> int | str:
     if value == "auto":
         return value
@@ -74,11 +80,14 @@ def _size(value: str) -> int | str:
 
 def _generate(args: argparse.Namespace) -> None:
     from .inference import image_size, prepare_inference
-    from .lora import load_pipeline
+    from .lora import adapter_token_window, load_pipeline
     from .sampling import sample_image
 
     if args.steps < 1:
         raise UserError("--steps must be >= 1")
+    window = args.max_token_length
+    if window == "auto":  # as the adapter was trained; the base alone compares at the same window if there is one
+        window = adapter_token_window(args.lora) if not args.no_lora or args.lora.exists() else 77
     height, width = image_size(args.height, args.width, args.latents)
     device = resolve_device(args.device, "--device")
     pipe = load_pipeline(args.base, None if args.no_lora else args.lora, device)
@@ -86,7 +95,7 @@ def _generate(args: argparse.Namespace) -> None:
                       fuse=args.fuse and not args.no_lora)
     pipe.set_progress_bar_config(disable=False, desc="denoise", leave=False)
     image = sample_image(pipe, args.prompt, args.negative, args.steps, args.guidance, args.seed,
-                         height, width, args.max_token_length)
+                         height, width, window)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out)
     log.info("wrote %s (%dx%d, %d steps, guidance %g, seed %d, %s)", args.out, image.width, image.height,

@@ -56,9 +56,10 @@ def filter_entries(captions: dict, images: Path, settings: FilterParams) -> tupl
     drops: Counter = Counter()
     candidates: dict[str, str] = {}
     lower_seen: dict[str, str] = {}
-    for name in sorted(captions, key=str):
-        reason = unsafe_name_reason(name) if isinstance(name, str) else "unsafe_caption_key"
-        reason = reason or caption_reason(captions[name], settings.min_caption_length)
+    for key in sorted(captions, key=str):
+        name = key.strip()  # a file name saved with stray spaces names the same file
+        reason = unsafe_name_reason(name)
+        reason = reason or caption_reason(captions[key], settings.min_caption_length)
         if reason is None and name.lower() in lower_seen:
             # Case-insensitive file systems would map both keys to one file: keep the first.
             reason = "duplicate_name_case"
@@ -66,9 +67,9 @@ def filter_entries(captions: dict, images: Path, settings: FilterParams) -> tupl
             drops[reason] += 1
             continue
         lower_seen[name.lower()] = name
-        candidates[name] = clean_caption(captions[name])
+        candidates[name] = clean_caption(captions[key])
     on_disk = {f.name for f in images.iterdir() if f.is_file()} if images.is_dir() else set()
-    drops["missing_caption"] += len(on_disk - set(captions))
+    drops["missing_caption"] += len(on_disk - {k.strip() for k in captions})
 
     kept, converted = [], Counter()
     check = functools.partial(_inspect, images=images, settings=settings)
@@ -147,25 +148,39 @@ def write_export_zip(zip_path: Path, df: pd.DataFrame, images: Path) -> None:
             zf.write(images / name, f"images/{name}")
 
 
-def join_labels(rows: list[dict], labels: L.Labels) -> tuple[list[dict], dict]:
+def join_labels(rows: list[dict], labels: L.Labels, caption_names: set[str]) -> tuple[list[dict], dict]:
     """Each row with its attributes: from its label line, else what its caption states
     (`labels_from` says which; `none` when neither has any). No row is ever dropped for
-    lacking labels. Also returns the counts, and how often the caption of a labelled image
-    agrees with its labels on what the caption states (a check of the parser and the data)."""
-    out, origins, stated, agree = [], Counter(), 0, 0
+    lacking labels. Also returns the counts: per attribute, how many captions of labelled images
+    state it, how often they agree with the label where it is not NA (a check of the parser and
+    the data) and how many of those labels are NA; and the labelled images no caption names."""
+    out, origins = [], Counter()
+    stated, compared, agree, na = Counter(), Counter(), Counter(), Counter()
     for row in rows:
         parsed = parse_caption(row["caption"])
         if row["image_name"] in labels:
             attrs, origin = labels[row["image_name"]], "file"
-            known = [k for k, v in parsed.items() if attrs.get(k) is not None]
-            stated += len(known)
-            agree += sum(parsed[k] == attrs[k] for k in known)
+            na.update(name for name in A.NAMES if attrs.get(name) is None)
+            stated.update(parsed.keys())
+            known = [k for k in parsed if attrs.get(k) is not None]
+            compared.update(known)
+            agree.update(k for k in known if parsed[k] == attrs[k])
         else:
             attrs, origin = {name: parsed.get(name) for name in A.NAMES}, "caption" if parsed else "none"
         origins[origin] += 1
         out.append({**row, "labels_from": origin, **{name: attrs.get(name) for name in A.NAMES}})
+
+    def rate(hits: int, n: int) -> float | None:
+        return round(hits / n, 4) if n else None
+
+    per_attribute = {name: {"stated": stated[name], "compared": compared[name],
+                            "agreement": rate(agree[name], compared[name]), "na_labels": na[name]}
+                     for name in A.NAMES}
     return out, {"from_file": origins["file"], "from_caption": origins["caption"], "without": origins["none"],
-                 "caption_agreement": round(agree / stated, 4) if stated else None}
+                 "caption_agreement": rate(sum(agree.values()), sum(compared.values())),
+                 "images_in_label_files": len(labels),
+                 "labelled_images_without_caption": len(labels.keys() - caption_names),
+                 "attributes": per_attribute}
 
 
 def to_frame(rows: list[dict], images_dir: str) -> pd.DataFrame:

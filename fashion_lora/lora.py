@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 KOHYA_WEIGHTS = "fashion_lora_kohya.safetensors"
+# The caption token window the adapter was trained with (`train.max_token_length`, resolved), in
+# its file's metadata: the CLI, evaluate and generate encode prompts to the same length.
+TOKEN_WINDOW_KEY = "fashion_lora_max_token_length"
+KOHYA_TOKEN_KEY = "ss_max_token_length"  # kohya's: 75 tokens per window (77 with start and end)
 
 
 def lora_config(lora: LoraParams | TextEncoderLoraParams):
@@ -60,13 +64,14 @@ def lora_state(model) -> dict[str, torch.Tensor]:
             for k, v in get_peft_model_state_dict(model).items()}
 
 
-def save_lora(out_dir: Path, states: dict[str, dict[str, torch.Tensor]], configs: dict) -> Path:
+def save_lora(out_dir: Path, states: dict[str, dict[str, torch.Tensor]], configs: dict, max_token_length: int) -> Path:
     """Write `pytorch_lora_weights.safetensors` in the layout `load_lora_weights(dir)` reads:
     `states` and `configs` by pipeline component ("unet", and "text_encoder" when it trained;
     diffusers prefixes each key with its component).
 
     Each LoRA config (rank, alpha, targets) goes into the file's metadata: without it diffusers
-    assumes alpha == rank and would scale a rank-12/alpha-24 adapter by half.
+    assumes alpha == rank and would scale a rank-12/alpha-24 adapter by half. So does the
+    caption token window it was trained with.
     """
     from diffusers import StableDiffusionPipeline
 
@@ -82,8 +87,32 @@ def save_lora(out_dir: Path, states: dict[str, dict[str, torch.Tensor]], configs
         out_dir, unet_lora_layers=states["unet"], text_encoder_lora_layers=states.get("text_encoder"),
         unet_lora_adapter_metadata=meta("unet"), text_encoder_lora_adapter_metadata=meta("text_encoder"),
         safe_serialization=True)
-    canonicalize_safetensors(out_dir / LORA_WEIGHTS)
+    canonicalize_safetensors(out_dir / LORA_WEIGHTS, {TOKEN_WINDOW_KEY: str(max_token_length)})
     return out_dir / LORA_WEIGHTS
+
+
+def token_window(file: Path) -> int | None:
+    """The caption token window an adapter file records (ours or kohya's), None if it has none."""
+    from safetensors import safe_open
+
+    with safe_open(str(file), framework="pt") as f:
+        meta = f.metadata() or {}
+    if meta.get(TOKEN_WINDOW_KEY, "").isdigit():
+        return int(meta[TOKEN_WINDOW_KEY])
+    if meta.get(KOHYA_TOKEN_KEY, "").isdigit():
+        return int(meta[KOHYA_TOKEN_KEY]) // 75 * 77
+    return None
+
+
+def adapter_token_window(lora: Path) -> int:
+    """The token window to encode prompts to for the adapter `lora` (a folder or file): the one
+    it was trained with, or SD's 77 when the file records none (another trainer's adapter)."""
+    file = check_lora_file(lora)
+    window = token_window(file)
+    if window is None:
+        log.warning("%s records no caption token window: prompts are encoded to 77 tokens", file)
+        return 77
+    return window
 
 
 def lora_components(pipe) -> list[str]:
@@ -179,4 +208,6 @@ def kohya_state(diffusers_file: Path) -> tuple[dict[str, torch.Tensor], dict[str
     unet = configs["unet"]
     meta_out = {"ss_network_module": "networks.lora", "ss_network_dim": str(unet.get("r")),
                 "ss_network_alpha": str(unet["lora_alpha"]), "ss_base_model_version": "sd_v1"}
+    if meta.get(TOKEN_WINDOW_KEY, "").isdigit():
+        meta_out[KOHYA_TOKEN_KEY] = str(int(meta[TOKEN_WINDOW_KEY]) // 77 * 75)
     return out, meta_out

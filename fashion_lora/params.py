@@ -292,8 +292,9 @@ class TrainParams:
     # timestep density ~ t^(bias-1); 1 = uniform, > 1 favours high noise
     timestep_bias: float = limits(gt=0, le=10, message="must be in (0, 10] (1 = uniform)")
     # tokens per caption: 77 as SD; 154 or 231 = two or three 75-token windows (kohya), in training,
-    # validation, evaluate, generate and the CLI
-    max_token_length: Literal[77, 154, 231]
+    # validation, evaluate, generate and the CLI; auto = the smallest that holds every caption of
+    # the filtered CSV (measured by filter, reports/caption_tokens.json; recorded in the adapter)
+    max_token_length: Literal["auto", 77, 154, 231]
     val_every: int = limits(ge=1)
     val_repeats: int = limits(ge=1)  # fixed (noise, timestep) draws per val latent
     checkpoint_every: int = limits(ge=1)

@@ -25,6 +25,10 @@ BASE_REPORT = Path("reports/base_model.json")
 CSV = Path("data/fashion_data.csv")
 EXPORT = Path("data/export")
 FILTER_REPORT = Path("reports/filter.json")
+# the captions' token lengths and the window that holds them (train.max_token_length: auto);
+# apart from filter.json, which records timings, so that train reruns only when the window moves
+CAPTION_TOKENS = Path("reports/caption_tokens.json")
+TOKENIZER = BASE / "tokenizer"  # what filter measures the captions with
 # precompute
 LATENTS = Path("data/latents")
 PRECOMPUTE_REPORT = Path("reports/precompute.json")

@@ -4,9 +4,10 @@ carry attributes of the data set's schema, their labels files and template-gramm
 Drawn (recognisable at the default's 64x96): sleeve length (sleeveless, short, long), lower
 clothing length (three-point, three-quarter, long), upper and lower pattern (pure color,
 striped, lattice, color block, each at a scale that survives the 64x96 resize), an open
-sleeveless outer garment (`outer_cardigan`), a hat, and the fabrics, each in its own colour
-(`FABRIC_COLORS`). Not modelled (NA in the labels): socks, glasses, neckwear, wrist, ring,
-waist, neckline, navel. No caption names a hue, as in the real captions.
+sleeveless outer garment (`outer_clothing`, from its fabric and pattern labels as in the data
+set), a hat, and the fabrics, each in its own colour (`FABRIC_COLORS`). Not modelled (NA in the
+labels): socks, glasses, neckwear, wrist, ring, waist, neckline, whether the outer garment is a
+cardigan, navel. No caption names a hue, as in the real captions.
 
 A few percent of the entries are deliberately bad, one kind each of what the filter stage
 must catch, and a few good ones have no label line (the caption parser fills them in).
@@ -85,7 +86,7 @@ def labels_for(g: Garments) -> dict[str, str | None]:
     """The data set's labels of `g` (every schema attribute; None = NA)."""
     row: dict[str, str | None] = dict.fromkeys(A.NAMES)
     row.update(sleeve_length=g.sleeve, lower_length=g.lower_length, hat="yes" if g.hat else "no",
-               outer_cardigan="yes" if g.outer else "no", upper_fabric=g.upper_fabric, lower_fabric=g.lower_fabric,
+               outer_clothing="yes" if g.outer else "no", upper_fabric=g.upper_fabric, lower_fabric=g.lower_fabric,
                upper_pattern=g.upper_pattern, lower_pattern=g.lower_pattern,
                outer_fabric=g.outer_fabric or None, outer_pattern="pure color" if g.outer else None)
     return row

@@ -240,8 +240,8 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def canonicalize_safetensors(path: str | Path) -> None:
-    """Rewrite a .safetensors header with sorted keys.
+def canonicalize_safetensors(path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """Rewrite a .safetensors header with sorted keys (and `metadata` added to its own).
 
     The Rust writer stores `__metadata__` from a hash map, so two saves of equal tensors can
     differ in header order; sorting makes equal adapters byte-identical. Tensor offsets are
@@ -252,6 +252,8 @@ def canonicalize_safetensors(path: str | Path) -> None:
     raw = Path(path).read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     header = json.loads(raw[8:8 + n])
+    if metadata:
+        header["__metadata__"] = {**header.get("__metadata__", {}), **metadata}
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     atomic_write_bytes(path, struct.pack("<Q", len(text)) + text + raw[8 + n:])

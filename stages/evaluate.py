@@ -19,7 +19,7 @@ from fashion_lora.evaluation import (
 )
 from fashion_lora.inference import image_size, prepare_inference
 from fashion_lora.latents import load_latents
-from fashion_lora.lora import load_pipeline
+from fashion_lora.lora import adapter_token_window, load_pipeline
 from fashion_lora.params import load_params
 from fashion_lora.utils import UserError, atomic_dir, configure_torch, resolve_device, run_stage, write_json
 
@@ -33,11 +33,12 @@ def main() -> None:
     settings, drawing = params.evaluate, params.generate  # the attribute images are drawn like generate draws
     device = resolve_device(settings.device, "evaluate.device")
     pipe = load_pipeline(paths.BASE, paths.LORA, device)
+    window = adapter_token_window(paths.LORA)  # prompts are encoded as training encoded its captions
     val = load_latents(paths.LATENTS, "val")
     if len(val) == 0:
         raise UserError("data/latents has no val latents to evaluate on (filter.val_fraction)")
     metrics, bands = val_losses(pipe, val.per_item(), [it["caption"] for it in val.items], settings.repeats,
-                                settings.timestep_bands, settings.batch_size, params.seed, params.train.max_token_length)
+                                settings.timestep_bands, settings.batch_size, params.seed, window)
     log.info("val MSE base %.5f -> LoRA %.5f (%.1f%% better) over %d fixed evaluations",
              metrics["base"]["mse"], metrics["lora"]["mse"], 100 * metrics["improvement"]["mse"],
              metrics["evaluations"])
@@ -55,7 +56,7 @@ def main() -> None:
         attr, images, reads = attribute_metrics(
             pipe, judge, reference, items, withheld, settings.attribute_seeds, settings.attribute_steps,
             drawing.guidance_scale, drawing.negative_prompt, *image_size(drawing.height, drawing.width, paths.LATENTS),
-            params.seed, fuse=drawing.fuse_lora, max_token_length=params.train.max_token_length)
+            params.seed, fuse=drawing.fuse_lora, max_token_length=window)
         metrics.update(attr)
         for name, row in attr["attributes"].items():
             log.info("%-16s base %.2f  LoRA %.2f  (chance %.2f, ceiling %.2f%s)", name, row["base"], row["lora"],

@@ -5,7 +5,7 @@ import logging
 
 from fashion_lora import paths
 from fashion_lora.inference import image_size, prepare_inference
-from fashion_lora.lora import load_pipeline
+from fashion_lora.lora import adapter_token_window, load_pipeline
 from fashion_lora.params import load_params
 from fashion_lora.sampling import sample_prompt_grid
 from fashion_lora.sheets import grid
@@ -20,10 +20,11 @@ def main() -> None:
     settings = params.generate
     device = resolve_device(settings.device, "generate.device")
     pipe = load_pipeline(paths.BASE, paths.LORA, device)
+    window = adapter_token_window(paths.LORA)  # prompts are encoded as training encoded its captions
     dtype = prepare_inference(pipe, device, settings.precision, "generate.precision", cuda_graphs=settings.cuda_graphs)
     with atomic_dir(paths.GENERATE_IMAGES) as tmp:
         images, seconds = sample_prompt_grid(pipe, settings, image_size(settings.height, settings.width, paths.LATENTS),
-                                             tmp, params.train.max_token_length)
+                                             tmp, window)
     rows = [(prompt, [(f"{s} steps {m}", images[i, s, m]) for s in settings.steps for m in ("base", "lora")])
             for i, prompt in enumerate(settings.prompts)]
     buf = io.BytesIO()

@@ -4,9 +4,10 @@ Multi-process: `accelerate launch --multi_gpu -m stages.train` (GPUs) or
 `torchrun --nproc_per_node 2 -m stages.train` (CPU, gloo).
 """
 
+import dataclasses
 import logging
 
-from fashion_lora import paths
+from fashion_lora import paths, tokens
 from fashion_lora.disk import ensure_space
 from fashion_lora.params import load_params
 from fashion_lora.training import Outputs, train
@@ -18,6 +19,10 @@ log = logging.getLogger("stages.train")
 def main() -> None:
     params = load_params()
     configure_torch(params, "train")
+    # `auto`: the window filter measured; from here on the run (and the adapter's metadata) has a number
+    window = tokens.resolve(params.train.max_token_length, paths.CAPTION_TOKENS)
+    log.info("caption token window: %d (train.max_token_length: %s)", window, params.train.max_token_length)
+    params = dataclasses.replace(params, train=dataclasses.replace(params.train, max_token_length=window))
     ensure_space(params, "models/lora", "models/checkpoints")
     out = Outputs(lora_dir=paths.LORA, live_dir=paths.TRAIN_LIVE, checkpoint_dir=paths.CHECKPOINTS)
     report = train(params, paths.BASE, paths.LATENTS, out)

@@ -134,10 +134,11 @@ def render_offline(page: Path) -> str:
 
 def train_params(**train_kw) -> Params:
     """SMALL params with `train.*` overrides (`lora={...}` for train.lora.*, `text_encoder_lora={...}`,
-    `ema={...}` likewise)."""
+    `ema={...}` likewise). `train.max_token_length: auto` is what the train stage resolves from
+    filter's record before it calls `train`: 77 here, the fixtures' captions are short."""
     p = small_params()
     nested = {k: train_kw.pop(k) for k in ("lora", "text_encoder_lora", "ema") if k in train_kw}
-    t = replace(p.train, **train_kw)
+    t = replace(p.train, **{"max_token_length": 77, **train_kw})
     for k, v in nested.items():
         t = replace(t, **{k: replace(getattr(t, k), **v)})
     return replace(p, train=t)

@@ -15,7 +15,7 @@ from tests.helpers import small_params
 
 LIMITS = dict(max_total_bytes=10**8, max_ratio=200.0, max_entries=1000)
 CAP = "The lady wears a short-sleeve T-shirt with cotton fabric and striped patterns."
-SHAPE = "a-id_00000001.jpg 1 3 3 1 4 2 2 2 4 7 1 2\n"  # short-sleeve, long, hat; the rest NA
+SHAPE = "a-id_00000001.jpg 1 3 3 1 4 2 2 2 4 6 1 2\n"  # short-sleeve, long, hat; the rest NA
 
 
 def _zip(path: Path, entries: dict[str, bytes]) -> Path:

@@ -118,3 +118,14 @@ def test_dvc_yaml_outs_are_the_paths_module():
             assert out in known, f"{name}: out {out} is not in fashion_lora/paths.py"
         used = {str(getattr(paths, a)) for a in re.findall(r"paths\.([A-Z_]+)", text)}
         assert used, f"stage {name} names no path through fashion_lora.paths"
+
+
+def test_the_resolved_token_window_reruns_what_uses_it():
+    """`train.max_token_length: auto` is resolved from filter's record (no timings in it, unlike
+    filter.json): train depends on it; evaluate and generate read the window from the adapter."""
+    from fashion_lora import paths
+
+    assert str(paths.CAPTION_TOKENS) in _declared(SPEC["filter"]) and str(paths.TOKENIZER) in SPEC["filter"]["deps"]
+    assert str(paths.CAPTION_TOKENS) in SPEC["train"]["deps"]
+    for name in ("evaluate", "generate"):
+        assert str(paths.LORA) in SPEC[name]["deps"] and "train.max_token_length" not in SPEC[name]["params"]

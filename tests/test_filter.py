@@ -122,6 +122,22 @@ def test_two_products_give_both_splits():
     assert {r["split"] for r in rows} == {"train", "val"}
 
 
+def test_captions_read_the_same_however_they_were_saved(tmp_path, fp):
+    """A byte-order mark, Windows line ends and stray spaces around a file name lose no caption."""
+    from fashion_lora.captions import load_captions
+
+    img = tmp_path / "images"
+    img.mkdir()
+    _jpeg(img / "a-id_00000001-01_1_front.jpg")
+    _jpeg(img / "b-id_00000002-01_1_front.jpg")
+    text = json.dumps({" a-id_00000001-01_1_front.jpg ": CAP, "b-id_00000002-01_1_front.jpg": CAP + "\r\n"}, indent=1)
+    path = tmp_path / "captions.json"
+    path.write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    kept, drops, _ = filter_entries(load_captions(path), img, fp)
+    assert [k["image_name"] for k in kept] == ["a-id_00000001-01_1_front.jpg", "b-id_00000002-01_1_front.jpg"]
+    assert {k["caption"] for k in kept} == {CAP} and sum(drops.values()) == 0
+
+
 def test_captions_json_errors_name_the_file(tmp_path):
     from fashion_lora.captions import load_captions
     from fashion_lora.utils import UserError
@@ -135,8 +151,9 @@ def test_captions_json_errors_name_the_file(tmp_path):
         load_captions(bad)
 
 
-def test_filter_stage_export_zip_and_report(tmp_path):
-    """The filter stage end to end on synthetic data, with the optional zip export on."""
+def test_filter_stage_export_zip_and_report(tmp_path, tiny_base):
+    """The filter stage end to end on synthetic data, with the optional zip export on: the report
+    holds per-attribute caption-label agreement and the captions' token window."""
     import shutil
     import subprocess
     import sys
@@ -153,6 +170,11 @@ def test_filter_stage_export_zip_and_report(tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params(**{"filter.export_zip": True})))
     synthetic.write_dataset(tmp_path / "data/raw", 40, seed=2)
     proc = subprocess.run([sys.executable, "-m", "stages.filter"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and "run `dvc repro base_model`" in proc.stderr  # the tokenizer is the base's
+    assert not (tmp_path / "data/fashion_data.csv").exists()  # stopped before writing anything
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models/base").symlink_to(tiny_base)
+    proc = subprocess.run([sys.executable, "-m", "stages.filter"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "kept" in proc.stderr  # the one-line summary
     df = pd.read_csv(tmp_path / "data/fashion_data.csv", keep_default_na=False)
@@ -160,6 +182,13 @@ def test_filter_stage_export_zip_and_report(tmp_path):
     assert report["kept"] == len(df) and report["train"] + report["val"] == len(df)
     assert report["input_captions"] == report["passed_rules"] + sum(
         v for k, v in report["dropped"].items() if k != "missing_caption")
+    agreement = {a: r["agreement"] for a, r in report["labels"]["attributes"].items() if r["compared"]}
+    assert agreement and set(agreement.values()) == {1.0} and "outer_clothing" in agreement
+    assert report["labels"]["attributes"]["outer_cardigan"] == {"stated": 0, "compared": 0, "agreement": None,
+                                                               "na_labels": report["labels"]["from_file"]}
+    tokens = json.loads((tmp_path / "reports/caption_tokens.json").read_text())
+    assert tokens == report["caption_tokens"] and tokens["captions"] == len(df)
+    assert tokens["max_token_length"] == 77 and tokens["over_77"] == 0 and 20 < tokens["longest"] <= 77
     with zipfile.ZipFile(tmp_path / "data/export/fashion_subset.zip") as zf:
         names = set(zf.namelist())
     assert "fashion_data.csv" in names and {f"images/{n}" for n in df.image_name} <= names

@@ -25,9 +25,16 @@ def data(tmp_path_factory) -> pd.DataFrame:
     raw = tmp_path_factory.mktemp("raw")
     synthetic.write_dataset(raw, 420, seed=11)
     settings = replace(small_params().filter, workers=1)
-    kept, _, _ = filter_entries(load_captions(raw / "captions.json"), raw / "images", settings)
-    rows, counts = join_labels(sample_and_split(kept, 10_000, 0.2, seed=0), read_labels(raw / "labels"))
+    captions = load_captions(raw / "captions.json")
+    kept, _, _ = filter_entries(captions, raw / "images", settings)
+    rows, counts = join_labels(sample_and_split(kept, 10_000, 0.2, seed=0), read_labels(raw / "labels"), set(captions))
     assert counts["from_caption"] >= 5 and counts["without"] == 0 and counts["caption_agreement"] == 1.0
+    # every attribute the synthetic captions state agrees with its label (the default's filter report says so too)
+    stated = {a: r for a, r in counts["attributes"].items() if r["stated"]}
+    assert set(stated) == {"sleeve_length", "lower_length", "hat", "outer_clothing", "upper_fabric", "lower_fabric",
+                           "outer_fabric", "upper_pattern", "lower_pattern", "outer_pattern"}
+    assert all(r["agreement"] == 1.0 for r in stated.values())
+    assert counts["attributes"]["neckline"]["na_labels"] == counts["from_file"]  # not modelled: NA on every line
     path = tmp_path_factory.mktemp("csv") / "fashion_data.csv"
     to_frame(rows, str(raw / "images")).to_csv(path, index=False)
     return pd.read_csv(path, keep_default_na=False, dtype=str)  # as the judge and evaluate stages read it
@@ -49,8 +56,10 @@ def test_filter_joins_labels_and_fills_in_from_captions(data):
 
 
 def test_an_unlabelled_image_outside_the_grammar_is_kept():
-    rows, counts = join_labels([{"image_name": "x.jpg", "caption": "A photo of a person.", "split": "train"}], {})
-    assert counts == {"from_file": 0, "from_caption": 0, "without": 1, "caption_agreement": None}
+    rows, counts = join_labels([{"image_name": "x.jpg", "caption": "A photo of a person.", "split": "train"}], {},
+                               {"x.jpg"})
+    assert {k: counts[k] for k in ("from_file", "from_caption", "without", "caption_agreement")} == \
+        {"from_file": 0, "from_caption": 0, "without": 1, "caption_agreement": None}
     df = to_frame(rows, "data/raw/images")
     assert len(df) == 1 and df.labels_from[0] == "none" and df.sleeve_length[0] == "NA"
 
@@ -115,7 +124,7 @@ def test_score_counts_only_stated_attributes_and_chance_is_the_majority():
 
 def test_without_labels_the_judge_scores_nothing(tmp_path):
     rows, _ = join_labels([{"image_name": f"{i}.jpg", "caption": "A photo of a person.", "split": split}
-                           for i, split in enumerate(["train"] * 4 + ["val"] * 2)], {})
+                           for i, split in enumerate(["train"] * 4 + ["val"] * 2)], {}, set())
     df = to_frame(rows, str(tmp_path))  # no images are read: there is nothing to learn
     judge, feats = judges.train_judge(df[df.split == "train"], df[df.split == "val"], small_params().judge, 0,
                                       torch.device("cpu"))

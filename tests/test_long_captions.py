@@ -1,14 +1,17 @@
 """`train.max_token_length`: captions in 75-token windows (kohya), against the 77-token encoding
-of the same text, in training, sampling and the train report."""
+of the same text, in training, sampling and the train report; `auto`, the window filter measures."""
+
+import json
 
 import pytest
 import torch
 
-from fashion_lora import diffusion
+from fashion_lora import diffusion, tokens
 from fashion_lora.base import load_base
 from fashion_lora.lora import load_pipeline
 from fashion_lora.sampling import sample_image
 from fashion_lora.training import train
+from fashion_lora.utils import UserError
 from tests.helpers import outputs, train_params
 
 CPU = torch.device("cpu")
@@ -65,3 +68,45 @@ def test_training_at_154_tokens_counts_no_truncation(tmp_path, tiny_base, latent
                    latent_dir, outputs(tmp_path))
     assert report["truncated_captions"] == {"train": 0, "val": 0}
     assert report["params"]["max_token_length"] == 154
+
+
+def test_auto_takes_the_smallest_window_that_holds_every_caption(tmp_path, base):
+    """filter's record (reports/caption_tokens.json) and how train resolves `auto` from it."""
+    tok = base.tokenizer
+    short = tokens.measure(tok, [SHORT, SHORT + " She wears a belt."])
+    assert short["max_token_length"] == 77 and short["over_77"] == 0 and short["longest"] < 77
+    # DeepFashion's real captions: one in ten past 77 (here one of two), none past 154
+    long = tokens.measure(tok, [SHORT, LONG])
+    assert long == {**long, "max_token_length": 154, "longest": 89, "over_77": 1, "over_window": 0}
+    huge = tokens.measure(tok, [LONG * 3])  # 261 tokens: even three windows cut it, and the record says so
+    assert huge["max_token_length"] == 231 and huge["over_window"] == 1
+    record = tmp_path / "caption_tokens.json"
+    record.write_text(json.dumps(long))
+    assert tokens.resolve("auto", record) == 154
+    assert tokens.resolve(77, record) == 77  # an explicit window wins
+    with pytest.raises(UserError, match="dvc repro filter"):
+        tokens.resolve("auto", tmp_path / "missing.json")
+
+
+def test_train_refuses_an_unresolved_window(tmp_path, tiny_base, latent_dir):
+    with pytest.raises(ValueError, match="resolve it before train"):
+        train(train_params(max_token_length="auto"), tiny_base, latent_dir, outputs(tmp_path))
+
+
+def test_the_cli_encodes_prompts_to_the_window_the_adapter_records(tmp_path, tiny_base):
+    """`--max-token-length auto` (params.yaml's default): the adapter's own window, here 154."""
+    from PIL import Image
+
+    from fashion_lora import cli
+    from fashion_lora.lora import attach_lora, lora_state, save_lora
+
+    base = load_base(tiny_base, CPU, with_vae=False)
+    cfg = attach_lora(base.unet, train_params().train.lora)  # B = 0: the base's images, the window still counts
+    save_lora(tmp_path / "lora", {"unet": lora_state(base.unet)}, {"unet": cfg}, 154)
+    out = tmp_path / "cli.png"
+    assert cli.main(["generate", LONG, "--base", str(tiny_base), "--lora", str(tmp_path / "lora"), "--out", str(out),
+                     "--steps", "2", "--height", "64", "--width", "64", "--seed", "3", "--no-fuse"]) == 0
+    pipe = load_pipeline(tiny_base, tmp_path / "lora", CPU)
+    settings = train_params().generate
+    expected = sample_image(pipe, LONG, settings.negative_prompt, 2, settings.guidance_scale, 3, 64, 64, 154)
+    assert Image.open(out).tobytes() == expected.tobytes()

@@ -39,7 +39,7 @@ def repo(tmp_path_factory):
 def test_outputs_are_complete_and_honest(repo):
     df = pd.read_csv(repo / "data/fashion_data.csv", keep_default_na=False)
     assert list(df.columns[:5]) == ["image_name", "image_path", "caption", "split", "labels_from"]
-    assert {"sleeve_length", "upper_pattern", "outer_cardigan", "hat"} <= set(df.columns)
+    assert {"sleeve_length", "upper_pattern", "outer_clothing", "outer_cardigan", "hat"} <= set(df.columns)
     assert set(df.labels_from) <= {"file", "caption"} and (df.sleeve_length != "NA").all()
     assert (df.caption.str.len() >= 10).all()
     assert all((repo / p).is_file() for p in df.image_path)
@@ -56,6 +56,11 @@ def test_outputs_are_complete_and_honest(repo):
     assert d["not_rgb"] == bad["grayscale"] + bad["rgba"]
     assert d["missing_image"] == bad["missing_image"] and d["missing_caption"] == bad["missing_caption"]
     assert report["kept"] == len(df) == SMALL["data.synthetic.count"] - sum(bad.values())
+    compared = {a: r["agreement"] for a, r in report["labels"]["attributes"].items() if r["compared"]}
+    assert compared and set(compared.values()) == {1.0}  # the synthetic captions state their labels exactly
+    # train.max_token_length: auto -> the window filter measured, recorded in the adapter
+    tokens = json.loads((repo / "reports/caption_tokens.json").read_text())
+    assert tokens == report["caption_tokens"] and tokens["max_token_length"] == 77 and tokens["over_77"] == 0
     pre = json.loads((repo / "reports/precompute.json").read_text())
     assert pre["encoded"] == len(df) and pre["images_per_second"] > 0
     # the synthetic portraits (aspect 0.68) go whole into the 64x96 bucket
@@ -64,6 +69,10 @@ def test_outputs_are_complete_and_honest(repo):
     assert (repo / "models/lora/fashion_lora_kohya.safetensors").is_file()
     tr = json.loads((repo / "reports/train_report.json").read_text())
     assert tr["steps"] == SMALL["train.max_steps"] and tr["best_val"]["mse"] < tr["base_val"]["mse"]
+    from fashion_lora.lora import token_window
+
+    assert tr["params"]["max_token_length"] == 77
+    assert token_window(repo / "models/lora/pytorch_lora_weights.safetensors") == 77
     ev = json.loads((repo / "reports/evaluate/metrics.json").read_text())
     assert ev["lora"]["mse"] < ev["base"]["mse"]
     judge = json.loads((repo / "reports/judge.json").read_text())

@@ -9,7 +9,15 @@ import torch
 from fashion_lora import diffusion
 from fashion_lora.base import load_base
 from fashion_lora.latents import LatentGroups
-from fashion_lora.lora import LORA_WEIGHTS, attach_lora, keep_lora_fp32, load_pipeline, lora_state, save_lora
+from fashion_lora.lora import (
+    LORA_WEIGHTS,
+    attach_lora,
+    keep_lora_fp32,
+    load_pipeline,
+    lora_state,
+    save_lora,
+    token_window,
+)
 from fashion_lora.lr_schedule import lr_factor
 from fashion_lora.training import train
 from fashion_lora.training.data import latent_augment
@@ -78,7 +86,8 @@ def test_saved_adapter_reloads_exactly_with_alpha_not_rank(tmp_path, tiny_base):
     encoder_hidden_states = torch.randn(2, 77, 64, generator=g)
     with torch.no_grad():
         ref = base.unet(x, t, encoder_hidden_states).sample
-    save_lora(tmp_path, {"unet": lora_state(base.unet)}, {"unet": cfg})
+    save_lora(tmp_path, {"unet": lora_state(base.unet)}, {"unet": cfg}, 154)
+    assert token_window(tmp_path / LORA_WEIGHTS) == 154  # the caption window it was trained with
     pipe = load_pipeline(tiny_base, tmp_path, torch.device("cpu"))
     assert not pipe.unet.training
     with torch.no_grad():
@@ -110,7 +119,11 @@ def test_kohya_export_round_trips_through_diffusers(tmp_path, tiny_base, latent_
     with safe_open(str(tmp_path / "lora/fashion_lora_kohya.safetensors"), "pt") as f:
         keys = list(f.keys())
         alphas = {float(f.get_tensor(k)) for k in keys if k.endswith(".alpha")}
+        meta = f.metadata()
     assert all(k.startswith("lora_unet_") for k in keys) and alphas == {8.0}
+    # the token window in kohya's terms (75 tokens a window), read back as ours
+    assert meta["ss_max_token_length"] == "75"
+    assert token_window(tmp_path / "lora/fashion_lora_kohya.safetensors") == 77
 
 
 def test_missing_or_corrupt_lora_is_a_clear_error(tmp_path, tiny_base):

@@ -36,6 +36,8 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
           on_validation: Callable[[int, dict], None] | None = None) -> dict:
     """Train the LoRA; write adapter, dvclive metrics and checkpoints. Returns the report (empty
     on processes other than the main one)."""
+    if not isinstance(params.train.max_token_length, int):  # the train stage resolves `auto` (tokens.resolve)
+        raise ValueError(f"train.max_token_length {params.train.max_token_length!r}: resolve it before train()")
     accelerator = make_accelerator(params.train)
     if not accelerator.is_main_process:  # one voice in the logs; every rank still computes the same validations
         logging.getLogger("fashion_lora").setLevel(logging.WARNING)

@@ -36,8 +36,9 @@ def save_adapters(run: Run) -> dict:
     with model.eval_weights():
         last = model.adapter_state()
     with atomic_dir(run.out.lora_dir) as tmp:  # the old adapter stays until the new one is complete
-        best_file = save_lora(tmp, state.best_lora or last, model.lora_configs)
-        save_lora(tmp / "last", last, model.lora_configs)
+        window = run.params.train.max_token_length
+        best_file = save_lora(tmp, state.best_lora or last, model.lora_configs, window)
+        save_lora(tmp / "last", last, model.lora_configs, window)
         if model.lora_configs["unet"].use_dora:
             log.info("no %s: the kohya LoRA format cannot hold DoRA's magnitude vectors", KOHYA_WEIGHTS)
         else:
