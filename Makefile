@@ -22,6 +22,7 @@ bench: setup
 	python -m benchmarks.train_step
 	python -m benchmarks.dvc_overhead
 	python -m benchmarks.memory
+	python -m benchmarks.judge_memory
 	python -m benchmarks.readme_table
 
 # Rebuild the committed offline plots page after changing the pins in tools/plots/package.json.

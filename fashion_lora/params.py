@@ -85,6 +85,9 @@ def limits(**kw: Any) -> Any:
 class SyntheticData:
     count: int = limits(gt=0)  # number of synthetic images (a few percent are deliberately bad)
     seed_offset: int  # added to `seed`, so the data can be redrawn without touching others
+    # uniform: every drawn value equally likely; deepfashion: the data set's proportions (52-79%
+    # pure color and cotton), to see what the attribute metric says on imbalanced data
+    frequencies: Literal["uniform", "deepfashion"]
 
 
 @dataclass(frozen=True)
@@ -334,8 +337,13 @@ class JudgeParams:
     epochs: int = limits(ge=1)
     batch_size: int = limits(ge=1)
     learning_rate: float = limits(gt=0, lt=1)
-    min_accuracy: float = limits(ge=0, le=1)  # attributes read worse than this on held-out images are not scored
-    min_items: int = limits(ge=1)  # nor those with fewer labelled held-out images
+    # `small` (a CNN trained here, offline) or the hub id / local folder of a CLIP vision model
+    # (e.g. patrickjohncyh/fashion-clip): frozen features under one linear head per attribute
+    backbone: str = limits(nonempty=True)
+    workers: Workers = limits(ge=1)  # threads decoding the judge's images; auto = the cores
+    # attributes read worse than this (the mean per-value recall on held-out images) are not scored
+    min_balanced_accuracy: float = limits(ge=0, le=1)
+    min_items: int = limits(ge=1)  # held-out images a value needs to be scored (and asked for)
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -346,7 +354,9 @@ class EvaluateParams:
     repeats: int = limits(ge=1)  # fixed (noise, timestep) draws per val latent
     timestep_bands: int = limits(ge=1)  # loss is also reported per band of [0, T)
     batch_size: int = limits(ge=1)
-    attribute_captions: int = limits(ge=0)  # held-out captions drawn for the attribute metric (0 = off)
+    # held-out captions drawn for each value of each scored attribute (rarest values first; a caption
+    # counts for every value it states) for the attribute metric; 0 = off
+    captions_per_value: int = limits(ge=0)
     attribute_steps: int = limits(ge=1)  # sampling steps for those images
     attribute_seeds: int = limits(ge=1)  # images per caption (seeds seed .. seed + n - 1)
     clip_model: str | None  # local CLIP folder for a CLIP score; null = off

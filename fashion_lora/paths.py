@@ -47,6 +47,10 @@ EVALUATE = Path("reports/evaluate")
 EVALUATE_METRICS = EVALUATE / "metrics.json"
 EVALUATE_PER_ATTRIBUTE = EVALUATE / "attributes.json"  # rows of the per-attribute bars
 EVALUATE_SHEET = EVALUATE / "attribute_sheet.png"
+EVALUATE_READS = EVALUATE / "attribute_reads.csv"  # a row per drawn image and attribute its caption asks for
+EVALUATE_CONFUSION = EVALUATE / "confusion.json"  # per attribute and model: values asked x values read
+# the rows `dvc plots` counts into one confusion matrix per model
+EVALUATE_CONFUSION_ROWS = {m: EVALUATE / f"confusion_{m}.json" for m in ("base", "lora")}
 # generate
 GENERATE_IMAGES = Path("reports/generate/images")
 GENERATE_GRID = Path("reports/generate/grid.png")

@@ -114,13 +114,20 @@ def train_vae(vae, groups: list[torch.Tensor], pretrain: PretrainParams, seed: i
     return loss.item()
 
 
+def latent_scale(std: torch.Tensor) -> float:
+    """1 / std as the float32 the latents are multiplied by. Written to the VAE config as that
+    float32's value: in float64, a reduction's last bit (which moves with the machine) changed the
+    config's digits, and so models/base's md5, while every latent came out the same."""
+    return float(torch.tensor(1.0 / float(std), dtype=torch.float32))
+
+
 @torch.no_grad()
 def encode_scaled(vae, groups: list[torch.Tensor], batch_size: int = 128) -> list[torch.Tensor]:
     """Posterior means per group, rescaled to unit std over all of them; the factor is stored in
     the VAE config (`scaling_factor`), where every SD pipeline reads it."""
     lats = [torch.cat([vae.encode(x[s:s + batch_size]).latent_dist.mean for s in range(0, len(x), batch_size)])
             for x in groups]
-    factor = float(1.0 / torch.cat([lat.flatten() for lat in lats]).std())
+    factor = latent_scale(torch.cat([lat.flatten() for lat in lats]).std())
     vae.register_to_config(scaling_factor=factor)
     return [lat * factor for lat in lats]
 

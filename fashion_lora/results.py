@@ -40,25 +40,35 @@ def _loss_section(evaluate: dict) -> list[str]:
 
 
 def attribute_table(attributes: dict) -> list[str]:
-    """The per-attribute table (markdown rows): base, LoRA, chance, the judge's ceiling."""
-    return ["| attribute | base | LoRA | chance | ceiling | withheld from the base |",
-            "|---|---|---|---|---|---|",
+    """The per-attribute table (markdown rows): balanced accuracy of base and LoRA, its chance, the
+    judge's ceiling, plain accuracy beside it, the images asked per value."""
+    return ["| attribute | base | LoRA | chance | ceiling | plain: base / LoRA (majority) | images per value | "
+            "withheld from the base |",
+            "|---|---|---|---|---|---|---|---|",
             *(f"| {a} | {r['base']:.3f} | {r['lora']:.3f} | {r['chance']:.3f} | {r['ceiling']:.3f} | "
-              f"{'yes' if r['withheld'] else 'no'} |" for a, r in attributes.items())]
+              f"{r['base_accuracy']:.3f} / {r['lora_accuracy']:.3f} ({r['majority']:.3f}) | "
+              + ", ".join(f"{v} {n}" for v, n in r["values"].items())
+              + f" | {'yes' if r['withheld'] else 'no'} |" for a, r in attributes.items())]
 
 
 def _attribute_section(evaluate: dict, judge: dict) -> list[str]:
     m, k = evaluate["attribute_macro"], evaluate["kid"]
     skipped = {a: r["why"] for a, r in judge["attributes"].items() if not r["scored"] and "accuracy" in r}
+    single = [a for a, r in evaluate["attributes"].items() if len(r["values"]) < 2]
     return [
         "## Generation: does the image show what the caption asks?",
         "",
-        f"The attribute judge reads {evaluate['attribute_images_per_model']} images per model, drawn from held-out "
-        "captions; each attribute is scored on the images whose caption states it.",
+        f"The attribute judge reads {evaluate['attribute_images_per_model']} images per model, drawn from "
+        f"{evaluate['attribute_captions']} held-out captions chosen by value (rarest first); each attribute is "
+        "scored on what the captions state, by balanced accuracy (the mean of the per-value recalls; chance = 1 / "
+        "the values asked), plain accuracy beside it.",
         "",
         *attribute_table(evaluate["attributes"]),
         "",
-        "| model | macro accuracy | withheld | known | KID to held-out images (mean +- std) | diversity |",
+        "Macro means over the attributes asked with two values or more"
+        + (f" (not {', '.join(single)}: captions state only one of their values)" if single else "") + ":",
+        "",
+        "| model | macro balanced accuracy | withheld | known | KID to held-out images (mean +- std) | diversity |",
         "|---|---|---|---|---|---|",
         *(f"| {label} | {_fmt(m[model])} | {_fmt(m['withheld_' + model])} | {_fmt(m['known_' + model])} | "
           f"{k[model]['mean']:.4f} +- {k[model]['std']:.4f} | {_fmt(evaluate['diversity'][model])} |"

@@ -120,7 +120,8 @@ def fetch(params: Params, stage_dir: Path, downloader: Downloader = gdown_downlo
     with tempfile.TemporaryDirectory(dir=stage_dir.parent, prefix=".download-work-") as tmp:
         work = Path(tmp)
         if data.source == "synthetic":
-            summary = synthetic.write_dataset(stage_dir, data.synthetic.count, params.seed + data.synthetic.seed_offset)
+            summary = synthetic.write_dataset(stage_dir, data.synthetic.count, params.seed + data.synthetic.seed_offset,
+                                              data.synthetic.frequencies)
             return {"source": "synthetic", "count": summary["count"], "products": summary["products"],
                     "without_label_line": summary["unlabeled"], "deliberately_bad": summary["bad"]}
         if data.source == "deepfashion":

@@ -49,6 +49,21 @@ SKIN = ((235, 200, 170), (200, 150, 110), (140, 95, 65))
 BAD_KINDS = ("too_small", "short_caption", "truncated", "not_an_image", "grayscale", "rgba",
              "missing_image", "missing_caption")
 UNLABELED_EVERY = 50  # about one good image in this many has no label line
+# `data.synthetic.frequencies: deepfashion`: each drawn attribute with DeepFashion-MultiModal's
+# proportions among the values this world draws (image counts of its full label files,
+# ../shared/DESIGN.md). Where the counts of some values are not known, they share the rest of the
+# data set equally: the lower garment's striped / lattice / color block split the 23% that is not
+# pure color as the upper garment's do, the upper fabrics other than cotton (79%) share 21%;
+# lower and outer fabrics, whose counts are not known, stay uniform.
+DEEPFASHION = {
+    "sleeve": {"sleeveless": 17112, "short-sleeve": 8937, "long-sleeve": 14070},
+    "length": {"three-point": 16995, "three-quarter": 601, "long": 6619},
+    "upper_pattern": {"pure color": 22928, "striped": 2593, "lattice": 882, "color block": 962},
+    "lower_pattern": {"pure color": 33941, "striped": 1765, "lattice": 600, "color block": 655},
+    "upper_fabric": {"cotton": 34734, "denim": 2340, "leather": 2340, "knitted": 2340, "chiffon": 2340},
+    "outer": 5600 / 44096,  # images with an outer garment
+    "hat": 0.12,  # "yes" among the images whose hat is labelled
+}
 
 
 @dataclass(frozen=True)
@@ -68,17 +83,30 @@ class Garments:
     forms: tuple[int, int, int, int]  # sentence forms of the upper, lower, outer and hat sentences
 
 
-def random_garments(rng: random.Random) -> Garments:
-    sleeve, length = rng.choice(SLEEVES), rng.choice(LENGTHS)
-    outer = rng.random() < 0.3
-    lower_fabric = rng.choice(LOWER_FABRICS)
+def random_garments(rng: random.Random, frequencies: str = "uniform") -> Garments:
+    """One figure's garments: every drawn value equally likely (`uniform`; an outer garment and a
+    hat on 30%), or with DeepFashion's proportions (`deepfashion`, `DEEPFASHION`)."""
+    if frequencies == "uniform":
+        def pick(values: tuple[str, ...], _: str) -> str:
+            return rng.choice(values)
+        p_outer = p_hat = 0.3
+    elif frequencies == "deepfashion":
+        def pick(values: tuple[str, ...], key: str) -> str:
+            weights = DEEPFASHION.get(key)
+            return rng.choices(values, [weights[v] for v in values])[0] if weights else rng.choice(values)
+        p_outer, p_hat = DEEPFASHION["outer"], DEEPFASHION["hat"]
+    else:
+        raise ValueError(f"frequencies must be uniform or deepfashion, got {frequencies!r}")
+    sleeve, length = pick(SLEEVES, "sleeve"), pick(LENGTHS, "length")
+    outer = rng.random() < p_outer
+    lower_fabric = pick(LOWER_FABRICS, "lower_fabric")
     return Garments(
         gender=rng.choice(("MEN", "WOMEN")), sleeve=sleeve, upper_noun=rng.choice(UPPER_NOUNS[sleeve]),
-        upper_pattern=rng.choice(PATTERNS), upper_fabric=rng.choice(UPPER_FABRICS),
+        upper_pattern=pick(PATTERNS, "upper_pattern"), upper_fabric=pick(UPPER_FABRICS, "upper_fabric"),
         lower_length=length, lower_noun="jeans" if lower_fabric == "denim" and length == "long"
         else rng.choice(LOWER_NOUNS[length]),
-        lower_pattern=rng.choice(PATTERNS), lower_fabric=lower_fabric,
-        outer=outer, outer_fabric=rng.choice(UPPER_FABRICS) if outer else "", hat=rng.random() < 0.3,
+        lower_pattern=pick(PATTERNS, "lower_pattern"), lower_fabric=lower_fabric,
+        outer=outer, outer_fabric=pick(UPPER_FABRICS, "outer_fabric") if outer else "", hat=rng.random() < p_hat,
         forms=(rng.randrange(4), rng.randrange(3), rng.randrange(2), rng.randrange(2)))
 
 
@@ -226,9 +254,9 @@ def _jpeg_bytes(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def write_dataset(out_dir: Path, count: int, seed: int) -> dict:
+def write_dataset(out_dir: Path, count: int, seed: int, frequencies: str = "uniform") -> dict:
     """Write `count` images to `out_dir/images`, `out_dir/captions.json` and the labels files
-    under `out_dir/labels` (the data set's layout).
+    under `out_dir/labels` (the data set's layout), the attributes drawn with `frequencies`.
 
     Returns a summary with the attributes of every entry and which ones are bad on purpose.
     """
@@ -246,7 +274,7 @@ def write_dataset(out_dir: Path, count: int, seed: int) -> dict:
     for i in range(count):
         if views_left == 0:
             product += 1
-            garments = random_garments(rng)
+            garments = random_garments(rng, frequencies)
             cat = rng.choice(CATEGORIES[garments.gender])
             views_left = rng.randint(1, 3)
         views_left -= 1

@@ -28,8 +28,9 @@ def main() -> None:
     write_json(paths.JUDGE_REPORT, judge.report)
     for name, row in judge.report["attributes"].items():
         if "accuracy" in row:
-            log.info("%-18s held-out accuracy %.3f (chance %.3f, %d images)%s", name, row["accuracy"] or 0,
-                     row["chance"] or 0, row["items"], "" if row["scored"] else f": not scored, {row['why']}")
+            log.info("%-18s held-out balanced accuracy %s (chance %s; plain %.3f, majority %.3f; %d images)%s", name,
+                     row.get("balanced_accuracy", "-"), row.get("chance", "-"), row["accuracy"] or 0, row["majority"] or 0,
+                     row["items"], "" if row["scored"] else f": not scored, {row['why']}")
     log.info("scored attributes: %s", ", ".join(judge.scored) or "none")
 
 

@@ -32,9 +32,9 @@ SMALL = {
     "train.val_every": 10,
     "train.checkpoint_every": 10,
     "evaluate.repeats": 2,
-    "evaluate.attribute_captions": 2,
+    "evaluate.captions_per_value": 1,
     "judge.epochs": 2,
-    "judge.min_accuracy": 0.0,  # score whatever the judge of so small a run reads: the wiring is under test
+    "judge.min_balanced_accuracy": 0.0,  # score what the judge of so small a run reads above chance: wiring under test
     "judge.min_items": 1,
     "evaluate.attribute_steps": 2,
     "generate.steps": [2, 3],

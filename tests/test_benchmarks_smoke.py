@@ -29,3 +29,19 @@ def test_benchmark_runs_and_writes_json(tmp_path, module, args, key):
         failed = {k: v["error"] for k, v in out["measurements"].items() if "error" in v}
         assert not failed and len(out["measurements"]) >= 10, failed
         assert out["measurements"]["stage_b2"]["steps_per_second"] > 0
+
+
+def test_the_judges_memory_stays_within_its_estimate(tmp_path):
+    """benchmarks.judge_memory at 300 photos of DeepFashion's size: the uint8 buffer's peak stays
+    within its estimate (N x 3 x 192 x 128 bytes) plus the decoders' working memory, where the
+    float32 list + torch.cat it replaced took about eight times the estimate."""
+    env = {**os.environ, "BENCH_OUT": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.judge_memory", "--images", "300"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((tmp_path / "judge_memory.json").read_text())
+    estimate, runs = out["estimate_mib"], out["runs"]
+    assert runs["uint8 buffer, 2 threads"]["tensor_mib"] == pytest.approx(estimate, abs=0.1)
+    assert runs["uint8 buffer, 2 threads"]["peak_mib"] < estimate + 40
+    assert runs["float32 + torch.cat (before)"]["peak_mib"] > 4 * estimate
+    assert out["at_scale"]["all images"]["buffer_mib"] == pytest.approx(44096 * 3 * 192 * 128 / 2**20, abs=0.1)

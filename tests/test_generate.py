@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from fashion_lora.evaluation import diversity, val_losses
+from fashion_lora.evaluation import val_losses
+from fashion_lora.evaluation.drawing import diversity
 from fashion_lora.lora import load_pipeline
 from fashion_lora.sampling import lora_enabled, sample_image
 from fashion_lora.sheets import grid
@@ -109,7 +110,7 @@ def test_clip_score_with_a_local_model_and_clear_errors(tmp_path):
     with a local CLIP folder (a tiny random one here: the score's value means nothing)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from fashion_lora.evaluation import clip_score
+    from fashion_lora.evaluation.scoring import clip_score
     from fashion_lora.tiny import build_clip_tokenizer
     from fashion_lora.utils import UserError
 

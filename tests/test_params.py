@@ -23,7 +23,7 @@ def test_default_params_load(params):
     ("model.pretrain.vae_learning_rate", 0.0, "model.pretrain.vae_learning_rate"),
     ("model.pretrain.withheld", ["upper_colour"], "model.pretrain.withheld"),
     ("model.pretrain.withheld", ["hat", "hat"], "model.pretrain.withheld"),
-    ("judge.min_accuracy", 1.5, "judge.min_accuracy"),
+    ("judge.min_balanced_accuracy", 1.5, "judge.min_balanced_accuracy"),
     ("judge.height", 8, "judge.height"),
     ("filter.val_fraction", 1.5, "filter.val_fraction"),
     ("filter.val_fraction", 0, "filter.val_fraction"),

@@ -78,14 +78,19 @@ def test_outputs_are_complete_and_honest(repo):
     judge = json.loads((repo / "reports/judge.json").read_text())
     scored = [a for a, r in judge["attributes"].items() if r["scored"]]
     assert scored and set(ev["attributes"]) <= set(scored)  # the judge's attributes, read from its models/judge
-    assert ev["attribute_images_per_model"] == SMALL["evaluate.attribute_captions"] * 2
+    assert ev["attribute_images_per_model"] == ev["attribute_captions"] * 2
+    for attr, row in ev["attributes"].items():  # every value the judge scores that a held-out caption states is asked
+        assert set(row["values"]) <= set(judge["attributes"][attr]["scored_values"]) and min(row["values"].values()) >= 2
     assert (repo / "models/judge/judge.safetensors").is_file() and (repo / "reports/evaluate/attribute_sheet.png").is_file()
     rows = json.loads((repo / "reports/evaluate/attributes.json").read_text())
     assert [r["attribute"] for r in rows] == list(ev["attributes"])
     reads = pd.read_csv(repo / "reports/evaluate/attribute_reads.csv", keep_default_na=False)
     for attr, row in ev["attributes"].items():  # the per-image record adds up to the metric
         lora = reads[(reads.attribute == attr) & (reads.model == "lora")]
-        assert len(lora) == row["images"] and round((lora.stated == lora.read).mean(), 4) == row["lora"]
+        assert len(lora) == row["images"] and round((lora.stated == lora.read).mean(), 4) == row["lora_accuracy"]
+    confusion = json.loads((repo / "reports/evaluate/confusion.json").read_text())
+    assert set(confusion) == set(ev["attributes"])
+    assert len(json.loads((repo / "reports/evaluate/confusion_lora.json").read_text())) == (reads.model == "lora").sum()
     n_img = len(SMALL["generate.prompts"]) * len(SMALL["generate.steps"]) * 2
     pngs = list((repo / "reports/generate/images").glob("*.png"))
     assert len(pngs) == n_img and all(Image.open(f).size == (64, 96) for f in pngs)  # generate.height/width auto
@@ -261,7 +266,7 @@ def test_branches_metrics_params_and_offline_plots(repo, tmp_path):
     assert isinstance(lora["old"], float) and isinstance(lora["new"], float) and lora["old"] != lora["new"]
     plots_proc = dvc(clone, "plots", "diff", "HEAD~1", "--out", str(tmp_path / "clone_plots"))
     assert "failed to load" not in (plots_proc.stdout + plots_proc.stderr).lower()
-    assert "Attribute accuracy, base vs LoRA" in (tmp_path / "clone_plots/index.html").read_text()
+    assert "Attribute balanced accuracy, base vs LoRA" in (tmp_path / "clone_plots/index.html").read_text()
     git(repo, "checkout", "-q", "main")
     dvc(repo, "checkout")
 

@@ -11,12 +11,24 @@ from fashion_lora.buckets import buckets_for
 from fashion_lora.grammar import parse_caption
 from fashion_lora.latents import ShardWriter, encode
 from fashion_lora.lora import load_pipeline
-from fashion_lora.pretrain import by_shape, corpus, provision_tiny, psnr, train_vae
+from fashion_lora.pretrain import by_shape, corpus, latent_scale, provision_tiny, psnr, train_vae
 from fashion_lora.sampling import lora_enabled
 from fashion_lora.synthetic import PATTERNS, caption_for
 from fashion_lora.tiny import build_tiny
 from fashion_lora.training import Outputs, train
 from tests.helpers import small_params
+
+
+def test_the_latent_scale_written_to_the_config_is_the_float32_the_latents_use():
+    """Two machines whose std of the latents differs in its last bit (a reduction's order) wrote
+    different config digits (models/base's md5) for latents that came out identical; the float32
+    they are multiplied by is what is written now, and the latents stay what they were."""
+    a = torch.tensor(0.8913999795913696, dtype=torch.float32)
+    b = torch.tensor(0.8914000391960144, dtype=torch.float32)  # the next float32
+    assert repr(1.0 / float(a)) != repr(1.0 / float(b))  # what the config held before
+    assert repr(latent_scale(a)) == repr(latent_scale(b))
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x * latent_scale(a), x * (1.0 / float(a))) and torch.equal(x * (1.0 / float(b)), x * latent_scale(a))
 
 
 def test_corpus_is_cut_like_precompute_and_its_base_captions_withhold_the_patterns():

@@ -1,6 +1,8 @@
 """The real SD1.5 UNet architecture (random weights, no download): LoRA targets, adapter key
 names and shapes, and one training step at 64x64 px (8x8 latents) on CPU."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 from PIL import Image
@@ -64,27 +66,31 @@ def test_attribute_metric_runs_unchanged_on_the_sd15_architecture(tmp_path):
     text encoder, 4-channel VAE, a LoRA on the UNet): images of a DeepFashion caption at a
     portrait bucket, read by a judge of another input size, scored, KID computed. Shapes and
     wiring only: random weights draw noise."""
+    import pandas as pd
     from peft import LoraConfig
 
     from fashion_lora import attributes as A
-    from fashion_lora.evaluation import attribute_metrics, attribute_sheet
+    from fashion_lora.evaluation import attribute_metric
     from fashion_lora.judge import Judge, JudgeNet
     from fashion_lora.sd15 import build_sd15_random
 
     pipe = build_sd15_random(0, tmp_path)
-    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_v", "to_k", "to_out.0"]))
     pipe.set_progress_bar_config(disable=True)
     classes = {"sleeve_length": ["long-sleeve", "short-sleeve", "sleeveless"], "hat": ["no", "yes"]}
-    report = {"attributes": {a: {"accuracy": 0.95, "scored": True} for a in classes}}
+    report = {"attributes": {a: {"scored": True, "scored_values": v, "recall": dict.fromkeys(v, 0.9)}
+                             for a, v in classes.items()}}
     judge = Judge(JudgeNet(classes, 48, 32).eval(), report)
-    item = {**dict.fromkeys(A.NAMES, A.NA), "caption": "The T-shirt this guy wears has short sleeves and it is with "
-            "cotton fabric and pure color patterns. This gentleman wears a hat.", "image_name": "x.jpg",
-            "sleeve_length": "short-sleeve", "hat": "yes"}
+    df = pd.DataFrame([{**dict.fromkeys(A.NAMES, A.NA), "split": "val", "image_name": "x.jpg", "caption":
+                        "The T-shirt this guy wears has short sleeves and it is with cotton fabric and pure color "
+                        "patterns. This gentleman wears a hat.", "sleeve_length": "short-sleeve", "hat": "yes"}])
     reference = judge.read([Image.new("RGB", (32, 48), (40 * k, 90, 200)) for k in range(3)])[1]
-    metrics, images, reads = attribute_metrics(pipe, judge, reference, [item], set(), 2, 1, 3.0, "", 96, 64, 0,
-                                               max_token_length=154)
-    assert images["base"][0].size == (64, 96) and len(images["lora"]) == 2
+    settings = replace(small_params().evaluate, captions_per_value=1, attribute_seeds=2, attribute_steps=1)
+    result = attribute_metric(pipe, judge, reference, df, set(), settings, small_params().generate, (96, 64), 0, 154)
+    metrics = result.metrics
     assert set(metrics["attributes"]) == {"sleeve_length", "hat"}
     assert all(0 <= r["lora"] <= 1 and r["chance"] == 1.0 and not r["withheld"] for r in metrics["attributes"].values())
     assert set(metrics["kid"]) == {"base", "lora"} and metrics["attribute_images_per_model"] == 2
-    assert attribute_sheet([item], images, reads, list(metrics["attributes"]), 2) is not None
+    assert len(result.reads) == 2 * 2 * 2 and result.sheet is not None  # models x seeds x attributes
+    result.write(tmp_path / "out")
+    assert Image.open(tmp_path / "out/attribute_sheet.png").size[0] > 0

@@ -1,6 +1,7 @@
 import random
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from fashion_lora import synthetic
@@ -98,3 +99,27 @@ def test_lower_patterns_stay_distinct_on_shorts_and_legs():
         assert len(left) and len(right), seed
         offsets += [(centre - left.mean()) / u, (right.mean() - centre) / u]
     assert max(offsets) - min(offsets) < 2, offsets
+
+
+def test_deepfashion_frequencies_draw_the_data_sets_proportions():
+    """`data.synthetic.frequencies: deepfashion`: the drawn values in DeepFashion's proportions
+    (among the values this world draws), e.g. 84% of upper garments pure color, 92% of lower ones."""
+    rng = random.Random(0)
+    draws = [synthetic.random_garments(rng, "deepfashion") for _ in range(4000)]
+
+    def share(attr, value):
+        return sum(getattr(g, attr) == value for g in draws) / len(draws)
+
+    def expected(key, value):
+        counts = synthetic.DEEPFASHION[key]
+        return counts[value] / sum(counts.values())
+
+    assert share("upper_pattern", "pure color") == pytest.approx(expected("upper_pattern", "pure color"), abs=0.03)
+    assert share("lower_pattern", "pure color") == pytest.approx(expected("lower_pattern", "pure color"), abs=0.03)
+    assert share("upper_fabric", "cotton") == pytest.approx(0.79, abs=0.03)
+    assert share("lower_length", "three-quarter") < 0.05 and share("sleeve", "sleeveless") > 0.35
+    assert share("outer", True) == pytest.approx(5600 / 44096, abs=0.02)
+    assert share("hat", True) == pytest.approx(0.12, abs=0.02)
+    assert synthetic.random_garments(random.Random(0)) == synthetic.random_garments(random.Random(0), "uniform")
+    with pytest.raises(ValueError, match="uniform or deepfashion"):
+        synthetic.random_garments(rng, "balanced")

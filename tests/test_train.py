@@ -167,7 +167,35 @@ def test_train_stops_early_on_flat_val(tmp_path, tiny_base, latent_dir):
     p = train_params(max_steps=40, val_every=2, early_stopping=replace(small_params().train.early_stopping,
                                                                   patience=2, min_delta=10.0))
     report = train(p, tiny_base, latent_dir, outputs(tmp_path))
-    assert report["stop_reason"] == "early_stopping" and report["steps"] == 4
+    # step 0 (the base) is the reference, not a candidate: step 2 is the first best, 4 and 6 miss by min_delta
+    assert report["stop_reason"] == "early_stopping" and report["steps"] == 6 and report["best_step"] == 2
+
+
+def test_a_run_that_never_beats_the_base_says_so_and_saves_its_best_trained_step(tmp_path, tiny_base, latent_dir,
+                                                                                  monkeypatch, caplog):
+    """Validation that gets worse from the base on (a stand-in for a run that only hurts): the
+    adapter saved is the best trained step, never the untouched base, and the run says so."""
+    import logging
+
+    from safetensors.torch import load_file
+
+    from fashion_lora.training import validation
+
+    real = validation.validate
+    calls = []
+
+    def worse(model, data, batch_size, desc=None):
+        metrics = real(model, data, batch_size, desc)
+        calls.append(metrics["mse"])
+        return {**metrics, "mse": 1.0 + 0.1 * (len(calls) - 1) ** 0.5}  # the base 1.0, then 1.1, 1.14, ...
+
+    monkeypatch.setattr(validation, "validate", worse)
+    with caplog.at_level(logging.WARNING):
+        report = train(train_params(max_steps=6, val_every=2), tiny_base, latent_dir, outputs(tmp_path))
+    assert report["improved"] is False and report["best_step"] == 2 and report["base_val"]["mse"] == 1.0
+    assert "no validation beat the base model" in caplog.text
+    saved = load_file(str(tmp_path / "lora" / LORA_WEIGHTS))
+    assert any(k.endswith("lora_B.weight") and v.abs().max() > 0 for k, v in saved.items())  # trained, not B = 0
     assert report["best_step"] == 0
     # the saved best adapter is the step-0 one (B = 0, a no-op), not the last weights
     from safetensors.torch import load_file
@@ -209,7 +237,7 @@ def test_checkpoint_from_other_params_is_not_reused(tmp_path, tiny_base, latent_
 def test_train_report_and_val_beats_base(tmp_path, tiny_base, latent_dir):
     p = train_params(max_steps=30, val_every=10)
     report = train(p, tiny_base, latent_dir, outputs(tmp_path))
-    assert report["best_val"]["mse"] < report["base_val"]["mse"]
+    assert report["best_val"]["mse"] < report["base_val"]["mse"] and report["improved"] is True and report["best_step"] > 0
     assert report["trainable_params"] > 0 and report["lora_modules"] == 92 + 8  # UNet + text encoder (default)
     assert report["text_encoder_lora_modules"] == 8
     summary = json.loads((tmp_path / "live/metrics.json").read_text())

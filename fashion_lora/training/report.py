@@ -57,6 +57,10 @@ def finish(run: Run, loop: LoopResult) -> dict:
     last = save_adapters(run)
     report = build_report(run, loop, last)
     best = report["best_val"]
+    if report["improved"] is False:
+        log.warning("no validation beat the base model (best val MSE %.5f at step %d, the base's %.5f): models/lora "
+                    "holds that step's adapter, which is no better than the base", best["mse"], report["best_step"],
+                    report["base_val"]["mse"])
     run.live.summary = {"best_val_mse": best["mse"], "best_step": report["best_step"], "steps": state.step}
     run.live.end()
     record_finished(run, report)
@@ -67,7 +71,8 @@ def build_report(run: Run, loop: LoopResult, last: dict) -> dict:
     """What reports/train_report.json records."""
     model, data, state, train_params = run.model, run.data, run.state, run.params.train
     base_val = state.history[0] if state.history[0]["step"] == 0 else None
-    # The saved adapter is the early-stopping best (an improvement must beat min_delta).
+    # The saved adapter is the early-stopping best of the trained steps (an improvement must beat
+    # min_delta); the base at step 0 is only the reference it is compared with.
     best = next(h for h in state.history if h["step"] == state.early.best_step)
     steps_run = state.step - loop.steps_at_start
     modules = {component: len({k.rsplit(".lora_", 1)[0] for k in s}) for component, s in last.items()}
@@ -78,6 +83,7 @@ def build_report(run: Run, loop: LoopResult, last: dict) -> dict:
         "best_val": {k: best[k] for k in ("mse", "mae", "loss_std")},
         "last_val": {k: state.history[-1][k] for k in ("mse", "mae", "loss_std")},
         "base_val": {k: base_val[k] for k in ("mse", "mae", "loss_std")} if base_val else None,
+        "improved": best["mse"] < base_val["mse"] if base_val else None,  # did any validation beat the base?
         "trainable_params": sum(q.numel() for q in model.lora_params),
         "unet_params": sum(q.numel() for q in model.raw_unet.parameters()),
         "lora_modules": sum(modules.values()),

@@ -34,9 +34,10 @@ def validate(model: Model, data: Data, batch_size: int, desc: str | None = None)
 
 def record_validation(run: Run, step: int, metrics: dict[str, float]) -> None:
     """Update early stopping, keep the best adapter, render a sample when due, and log the
-    metrics (history, dvclive, the log line, the `on_validation` callback)."""
+    metrics (history, dvclive, the log line, the `on_validation` callback). Step 0 (the untouched
+    base, LoRA B = 0) is the reference, never a candidate: the adapter kept is a trained one."""
     model, state, train_params = run.model, run.state, run.params.train
-    improved = state.early.update(metrics["mse"], step)
+    improved = step > 0 and state.early.update(metrics["mse"], step)
     if improved:
         with model.eval_weights():
             state.best_lora = model.adapter_state()
@@ -47,8 +48,9 @@ def record_validation(run: Run, step: int, metrics: dict[str, float]) -> None:
         run.live.step = step
         for k, v in metrics.items():
             run.live.log_metric(f"val/{k}", v)
-    log.info("step %d: val MSE %.5f MAE %.5f std %.5f%s", step, metrics["mse"], metrics["mae"],
-             metrics["loss_std"], " (best)" if improved else f" (no improvement x{state.early.bad})")
+    log.info("step %d: val MSE %.5f MAE %.5f std %.5f%s", step, metrics["mse"], metrics["mae"], metrics["loss_std"],
+             " (the base model: the reference)" if step == 0 else " (best)" if improved
+             else f" (no improvement x{state.early.bad})")
     if run.on_validation:
         run.on_validation(step, metrics)
 
