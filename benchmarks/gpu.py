@@ -128,7 +128,7 @@ def train_params(params, smoke: bool, **overrides):
     t = params.train
     # 150 steps at batch 4: its first ~25 steps run slower (allocator and lazy-kernel warm-up,
     # measured), which a 60-step run would count against the stage.
-    base = dict(device="auto", max_steps=6 if smoke else 150, val_every=10**6, checkpoint_every=10**6,
+    base = dict(device="auto", max_token_length=77, max_steps=6 if smoke else 150, val_every=10**6, checkpoint_every=10**6,
                 val_repeats=1, batch_size=2 if smoke else 4, learning_rate=1e-4, samples=replace(t.samples, every=0),
                 early_stopping=replace(t.early_stopping, patience=10**6))
     base.update(overrides)

@@ -160,6 +160,8 @@ def main(argv=None) -> None:
     ap.add_argument("--resolutions", type=int, nargs="+", default=[64, 128])
     args = ap.parse_args(argv)
     params = load_params()
+    # what the train stage resolves `train.max_token_length: auto` to for these synthetic captions
+    params = replace(params, train=replace(params.train, max_token_length=77))
     results, rows_out = {}, [("res", "ours steps/s", "reference steps/s", "speedup", "limit steps/s",
                               "ours/limit step time")]
     with tempfile.TemporaryDirectory() as tmp:

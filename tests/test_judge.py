@@ -247,7 +247,7 @@ def test_a_pretrained_backbone_judge_on_a_tiny_random_clip(data, tmp_path):
     """`judge.backbone`: a local CLIP checkpoint (a whole CLIP, as FashionCLIP's is; tiny and random
     here, so shapes and wiring only): frozen features under linear heads, saved with the judge so
     evaluate loads it offline, its features what KID compares."""
-    from transformers import CLIPConfig, CLIPModel, CLIPVisionModelWithProjection
+    from transformers import CLIPConfig, CLIPModel
 
     cfg = CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
                      vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -260,7 +260,7 @@ def test_a_pretrained_backbone_judge_on_a_tiny_random_clip(data, tmp_path):
     assert isinstance(judge.net, judges.BackboneNet) and feats.shape == (len(held), 16)
     assert judge.report["backbone"] == settings.backbone
     assert set(judge.net.classes) >= {"sleeve_length", "upper_pattern"}
-    fresh = CLIPVisionModelWithProjection.from_pretrained(tmp_path / "clip").state_dict()
+    fresh = judges.load_backbone(str(tmp_path / "clip")).state_dict()
     assert all(torch.equal(fresh[k], v) for k, v in judge.net.backbone.state_dict().items())  # only the heads trained
     judges.save(judge, feats, tmp_path / "judge")
     assert (tmp_path / "judge/backbone/config.json").is_file()

@@ -63,7 +63,7 @@ def _pattern_run(tmp_path: Path, seed: int) -> dict:
         "model.pretrain.images": 800, "model.pretrain.holdout": 100,
         "model.pretrain.vae_steps": 300, "model.pretrain.unet_steps": 500,
         "train.max_steps": 400, "train.restart_period": 400, "train.val_every": 200,
-        "train.checkpoint_every": 400,
+        "train.checkpoint_every": 400, "train.max_token_length": 77,  # what the stage resolves `auto` to here
     })
     base_dir = tmp_path / "base"
     provision_tiny(seed, base_dir, p.model.pretrain, p.precompute)  # buckets, as the default

@@ -48,13 +48,17 @@ class JudgeNet(nn.Module):
 def load_backbone(source: str):
     """A CLIP vision model with its projection from a hub id or a local folder (a whole CLIP
     checkpoint such as FashionCLIP's, or a vision model saved by the judge stage), frozen."""
-    from transformers import CLIPVisionModelWithProjection
+    from transformers import AutoConfig, CLIPConfig, CLIPVisionModelWithProjection
 
     local = Path(source)
     if (local.exists() or local.is_absolute() or source.startswith(".")) and not (local / "config.json").is_file():
         raise UserError(f"judge.backbone: {local} is not a model folder (no config.json)")
     try:
-        model = CLIPVisionModelWithProjection.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source)
+        if isinstance(config, CLIPConfig):  # a whole CLIP: its vision half, projected to the CLIP's own size
+            config = config.vision_config
+            config.projection_dim = AutoConfig.from_pretrained(source).projection_dim
+        model = CLIPVisionModelWithProjection.from_pretrained(source, config=config)
     except (OSError, ValueError) as e:  # not on the hub, no network, or not a CLIP checkpoint
         raise UserError(f"judge.backbone: cannot load {source!r} as a CLIP vision model ({e}); use a hub id such "
                         "as patrickjohncyh/fashion-clip with network access, a local folder, or `small`") from None
