@@ -18,6 +18,8 @@ RAW_IMAGES = RAW / "images"
 RAW_CAPTIONS = RAW / "captions.json"
 RAW_LABELS = RAW / "labels"  # the data set's label files, where the source has them
 RAW_SOURCE = RAW / "source.json"
+# Google Drive files as fetched (DeepFashion): kept across failures for resume, neither git nor DVC
+DOWNLOADS = Path("data/downloads")
 # base_model
 BASE = Path("models/base")
 BASE_REPORT = Path("reports/base_model.json")

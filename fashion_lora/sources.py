@@ -13,35 +13,16 @@ import logging
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
-from . import labels, synthetic
+from . import labels, paths, synthetic
 from .archives import flatten_into, safe_extract
 from .captions import load_captions
+from .downloads import Downloader, fetch_file, gdown_download
 from .params import ArchiveLimits, Params
-from .utils import UserError, file_sha256
+from .utils import UserError, human_bytes
 
 log = logging.getLogger(__name__)
-
-# downloader(file_id, output_path) -> None; raises on failure. Tests pass a fake.
-Downloader = Callable[[str, Path], None]
-
-
-def gdown_download(file_id: str, output: Path) -> None:
-    """Fetch a Google Drive file with gdown (progress bar on stderr)."""
-    import gdown
-
-    try:
-        result = gdown.download(id=file_id, output=str(output), quiet=False)
-    except Exception as e:  # gdown raises several unrelated types for network/permission errors
-        raise UserError(f"could not download Google Drive file id {file_id} ({type(e).__name__}: {e}). "
-                        "Without network access use data.source: local with data.local.images and "
-                        "data.local.captions") from None
-    if result is None or not output.is_file():
-        raise UserError(f"gdown returned no file for Google Drive id {file_id}; check the id in "
-                        "data.deepfashion and your network")
-
 
 def _captions_from(path: Path, limits: ArchiveLimits, work: Path) -> dict:
     """Captions from a .json file, or from a zip holding exactly one .json."""
@@ -104,17 +85,13 @@ def _labels_from(path: Path, limits: ArchiveLimits, out: Path, work: Path) -> in
     return found
 
 
-def _check_sha256(path: Path, expected: str | None, key: str) -> str:
-    digest = file_sha256(path)
-    if expected and digest != expected.lower():
-        raise UserError(f"{path.name}: sha256 {digest} does not match {key}={expected}; the download "
-                        "is corrupt or the file changed upstream")
-    log.info("%s sha256 %s", path.name, digest)
-    return digest
+def fetch(params: Params, stage_dir: Path, downloader: Downloader = gdown_download,
+          downloads: Path = paths.DOWNLOADS) -> dict:
+    """Fill `stage_dir` with images/ and captions.json from `data.source`; return provenance.
 
-
-def fetch(params: Params, stage_dir: Path, downloader: Downloader = gdown_download) -> dict:
-    """Fill `stage_dir` with images/ and captions.json from `data.source`; return provenance."""
+    DeepFashion's files are fetched into `downloads` (fashion_lora/downloads.py), smallest first,
+    and extracted from there; that folder outlives a failure, so a rerun resumes.
+    """
     data = params.data
     images = stage_dir / "images"
     with tempfile.TemporaryDirectory(dir=stage_dir.parent, prefix=".download-work-") as tmp:
@@ -125,23 +102,24 @@ def fetch(params: Params, stage_dir: Path, downloader: Downloader = gdown_downlo
             return {"source": "synthetic", "count": summary["count"], "products": summary["products"],
                     "without_label_line": summary["unlabeled"], "deliberately_bad": summary["bad"]}
         if data.source == "deepfashion":
-            df = data.deepfashion
-            img_zip, cap_file = work / "images.zip", work / "captions.download"
-            log.info("downloading DeepFashion-MultiModal images (id %s)", df.images_id)
-            downloader(df.images_id, img_zip)
-            img_sha = _check_sha256(img_zip, df.images_sha256, "data.deepfashion.images_sha256")
-            log.info("downloading captions (id %s)", df.captions_id)
-            downloader(df.captions_id, cap_file)
-            cap_sha = _check_sha256(cap_file, df.captions_sha256, "data.deepfashion.captions_sha256")
-            captions = _captions_from(cap_file, data.archive, work / "captions")
-            n = _images_from(img_zip, data.archive, images, work / "images")
-            prov = {"source": "deepfashion", "images_sha256": img_sha, "captions_sha256": cap_sha}
+            df, key = data.deepfashion, "data.deepfashion."
+            # the small files first: a quota error on them must not come after 5.4 GB
+            cap_file, cap_sha = fetch_file("the captions", df.captions_id, f"captions-{df.captions_id}.download",
+                                           df.captions_sha256, key + "captions_sha256", downloads, downloader)
+            prov = {"source": "deepfashion", "captions_sha256": cap_sha}
             if df.labels_id:
-                log.info("downloading labels (id %s)", df.labels_id)
-                lab_zip = work / "labels.zip"
-                downloader(df.labels_id, lab_zip)
-                prov["labels_sha256"] = _check_sha256(lab_zip, df.labels_sha256, "data.deepfashion.labels_sha256")
+                lab_zip, prov["labels_sha256"] = fetch_file(
+                    "the label files", df.labels_id, f"labels-{df.labels_id}.zip", df.labels_sha256,
+                    key + "labels_sha256", downloads, downloader)
+            img_zip, prov["images_sha256"] = fetch_file(
+                "the image archive", df.images_id, f"images-{df.images_id}.zip", df.images_sha256,
+                key + "images_sha256", downloads, downloader)
+            captions = _captions_from(cap_file, data.archive, work / "captions")
+            if df.labels_id:
                 prov["label_files"] = _labels_from(lab_zip, data.archive, stage_dir / "labels", work / "labels")
+            n = _images_from(img_zip, data.archive, images, work / "images")
+            log.info("the downloaded files stay in %s (%s) for a rerun; delete it to free the space",
+                     downloads, human_bytes(sum(f.stat().st_size for f in downloads.iterdir() if f.is_file())))
         elif data.source == "local":
             img_path, cap_path = Path(str(data.local.images)), Path(str(data.local.captions))
             for key, p in (("data.local.images", img_path), ("data.local.captions", cap_path)):

@@ -105,8 +105,8 @@ def test_deepfashion_with_fake_gdown(tmp_path):
                                                            captions_id="CAPTIONS", labels_id="LABELS")))
     stage = tmp_path / "raw"
     stage.mkdir()
-    info = fetch(p, stage, downloader=fake_gdown)
-    assert calls == ["IMAGES", "CAPTIONS", "LABELS"]
+    info = fetch(p, stage, downloader=fake_gdown, downloads=tmp_path / "downloads")
+    assert calls == ["CAPTIONS", "LABELS", "IMAGES"]  # the small files first
     from fashion_lora.labels import read_labels
 
     row = read_labels(stage / "labels")["a-id_00000001.jpg"]  # in the data set's layout under data/raw/labels
@@ -126,20 +126,7 @@ def test_deepfashion_checksum_mismatch_fails(tmp_path):
     stage = tmp_path / "raw"
     stage.mkdir()
     with pytest.raises(UserError, match="sha256"):
-        fetch(p, stage, downloader=lambda fid, out: out.write_bytes(b"PK..."))
-
-
-def test_offline_gdown_fails_with_clear_message(tmp_path, monkeypatch):
-    import gdown
-
-    from fashion_lora.sources import gdown_download
-
-    def no_network(**kw):
-        raise ConnectionError("Name or service not known")
-
-    monkeypatch.setattr(gdown, "download", no_network)
-    with pytest.raises(UserError, match="data.source: local"):
-        gdown_download("abc", tmp_path / "x.zip")
+        fetch(p, stage, downloader=lambda fid, out: out.write_bytes(b"PK..."), downloads=tmp_path / "dl")
 
 
 def test_local_folder_and_zip(tmp_path):
