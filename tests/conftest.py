@@ -10,7 +10,10 @@ import torch
 
 from fashion_lora.latents import ShardWriter
 from fashion_lora.params import Params, load_params
-from tests.helpers import CAPTIONS, REPO
+from tests.helpers import CAPTIONS, REPO, SMALL, dvc, make_repo
+
+PIPELINE_STAGES = {"check", "download", "base_model", "filter", "precompute", "train", "judge", "evaluate", "generate",
+                   "report"}
 
 
 @pytest.fixture(scope="session")
@@ -25,6 +28,18 @@ def tiny_base(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "base"
     provision_base("tiny-random", 42, out)
     return out
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory) -> Path:
+    """One small pipeline (`SMALL` settings) run from scratch by `dvc repro`, once per session;
+    the end-to-end tests copy it (`helpers.copy_run`) instead of each running its own."""
+    import re
+
+    repo = make_repo(tmp_path_factory.mktemp("small_run"), SMALL)
+    proc = dvc(repo, "repro")
+    assert set(re.findall(r"Running stage '(\w+)'", proc.stdout)) == PIPELINE_STAGES
+    return repo
 
 
 @pytest.fixture(scope="module")

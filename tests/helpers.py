@@ -109,6 +109,12 @@ def make_repo(dest: Path, overrides: dict | None = None) -> Path:
     return dest
 
 
+def copy_run(run: Path, dest: Path) -> Path:
+    """A copy of a completed pipeline repo (work tree, git, DVC's cache) at `dest`, to change freely."""
+    shutil.copytree(run, dest, symlinks=True)
+    return dest
+
+
 def write_params(repo: Path, overrides: dict) -> None:
     raw = yaml.safe_load((repo / "params.yaml").read_text())
     for k, v in overrides.items():

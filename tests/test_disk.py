@@ -13,7 +13,7 @@ import torch
 from fashion_lora.disk import LORA_PER_RANK, additional_need, check_free_space, estimate
 from fashion_lora.training import train
 from fashion_lora.utils import DiskFull, UserError, atomic_dir, atomic_write_bytes
-from tests.helpers import SMALL, dvc, git, make_repo, outputs, small_params, train_params, write_params
+from tests.helpers import copy_run, dvc, git, outputs, small_params, train_params, write_params
 
 
 def _enospc(*_args, **_kw):
@@ -119,7 +119,7 @@ def test_estimate_of_the_real_run_and_a_refusal_naming_the_shortfall(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_small_filesystem_refuses_runs_and_a_full_disk_mid_stage_is_one_line(tmp_path):
+def test_a_small_filesystem_refuses_runs_and_a_full_disk_mid_stage_is_one_line(tmp_path, small_run):
     """The trial of issue 27 on a real small filesystem (a tmpfs mount) after a complete run:
     - 2 MB left: `dvc exp run -S train...` is refused by the check stage, nothing deleted;
     - 64 KB left: generate alone (`dvc repro -s`, no check) with more images than it frees
@@ -130,8 +130,8 @@ def test_a_small_filesystem_refuses_runs_and_a_full_disk_mid_stage_is_one_line(t
     mount.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160m", "tmpfs", str(mount)], check=True)
     try:
-        repo = make_repo(mount, SMALL)
-        dvc(repo, "repro")
+        repo = copy_run(small_run, mount / "repo")  # the session's complete run, on the small filesystem
+        assert dvc(repo, "status").stdout.strip() == "Data and pipelines are up to date."
         git(repo, "add", "-A")
         git(repo, "commit", "-qm", "run")
         adapter = (repo / "models/lora/pytorch_lora_weights.safetensors").read_bytes()

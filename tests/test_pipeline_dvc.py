@@ -16,10 +16,9 @@ import yaml
 from PIL import Image
 
 from fashion_lora.filtering import product_id
-from tests.helpers import SMALL, dvc, env, git, make_repo, render_offline, run, write_params
+from tests.helpers import SMALL, copy_run, dvc, env, git, render_offline, run, write_params
 
 pytestmark = pytest.mark.slow
-STAGES = ("check", "download", "base_model", "filter", "precompute", "train", "judge", "evaluate", "generate", "report")
 
 
 def ran(proc) -> set[str]:
@@ -29,11 +28,9 @@ def ran(proc) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    r = make_repo(tmp_path_factory.mktemp("repo"), SMALL)
-    proc = dvc(r, "repro")
-    assert ran(proc) == set(STAGES)
-    return r
+def repo(tmp_path_factory, small_run):
+    """The session's small completed run (every stage ran from scratch), copied for this module."""
+    return copy_run(small_run, tmp_path_factory.mktemp("repo") / "repo")
 
 
 def test_outputs_are_complete_and_honest(repo):

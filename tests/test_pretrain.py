@@ -121,8 +121,11 @@ def test_lora_learns_the_patterns_that_the_pretrained_base_cannot_read(tmp_path)
     """End to end at the 64x96 bucket, a much shorter run than the default. With the patterns
     of held-out captions named wrongly, the base's high-noise loss does not change (it never
     read a pattern word) and the LoRA's rises: the LoRA learned what the base could not
-    (measured, seed 42, 2 Intel Xeon cores: base 1.002, LoRA 1.108). The image-side proof (the
-    judge's reading) is the default run's metric (README)."""
+    (measured, seed 42: base 1.002, LoRA 1.108 on 2 Intel Xeon cores; base 0.997, LoRA 1.106 in
+    195 s on 2 AMD EPYC cores, 2026-12-06). A shorter run (pretraining 200 VAE and 300 UNet
+    steps, training 250) took 128 s there and left the LoRA at 1.013, under the 1.05 asked here,
+    so the test keeps this length. The image-side proof (the judge's reading) is the default
+    run's metric (README)."""
     m = _pattern_run(tmp_path, seed=42)
     assert abs(m["base_wrong_pattern_loss_ratio"] - 1) < 0.02, m
     assert m["lora_wrong_pattern_loss_ratio"] > 1.05, m
