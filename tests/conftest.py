@@ -10,7 +10,7 @@ import torch
 
 from fashion_lora.latents import ShardWriter
 from fashion_lora.params import Params, load_params
-from tests.helpers import CAPTIONS, REPO, SMALL, dvc, make_repo
+from tests.helpers import CAPTIONS, REPO, SMALL, dvc, make_repo, ran
 
 PIPELINE_STAGES = {"check", "download", "base_model", "filter", "precompute", "train", "judge", "evaluate", "generate",
                    "report"}
@@ -34,11 +34,8 @@ def tiny_base(tmp_path_factory) -> Path:
 def small_run(tmp_path_factory) -> Path:
     """One small pipeline (`SMALL` settings) run from scratch by `dvc repro`, once per session;
     the end-to-end tests copy it (`helpers.copy_run`) instead of each running its own."""
-    import re
-
     repo = make_repo(tmp_path_factory.mktemp("small_run"), SMALL)
-    proc = dvc(repo, "repro")
-    assert set(re.findall(r"Running stage '(\w+)'", proc.stdout)) == PIPELINE_STAGES
+    assert ran(dvc(repo, "repro")) == PIPELINE_STAGES
     return repo
 
 

@@ -5,6 +5,7 @@ Fixtures live in conftest.py; tests import helpers from here, never from another
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,6 +86,12 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: int = 900) -> su
 
 def dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run([sys.executable, "-m", "dvc", *args], repo, check=check)
+
+
+def ran(proc: subprocess.CompletedProcess) -> set[str]:
+    """Stages a `dvc repro` considered changed: run, or restored from its run-cache (same deps seen before)."""
+    found = re.findall(r"Running stage '(\w+)'|Stage '(\w+)' is cached", proc.stdout)
+    return {a or b for a, b in found}
 
 
 def git(repo: Path, *args: str) -> subprocess.CompletedProcess:

@@ -16,15 +16,9 @@ import yaml
 from PIL import Image
 
 from fashion_lora.filtering import product_id
-from tests.helpers import SMALL, copy_run, dvc, env, git, render_offline, run, write_params
+from tests.helpers import SMALL, copy_run, dvc, env, git, ran, render_offline, run, write_params
 
 pytestmark = pytest.mark.slow
-
-
-def ran(proc) -> set[str]:
-    """Stages DVC considered changed: run, or restored from its run-cache (same deps seen before)."""
-    found = re.findall(r"Running stage '(\w+)'|Stage '(\w+)' is cached", proc.stdout)
-    return {a or b for a, b in found}
 
 
 @pytest.fixture(scope="module")
