@@ -98,6 +98,16 @@ def git(repo: Path, *args: str) -> subprocess.CompletedProcess:
     return run(["git", *args], repo)
 
 
+def back_to_head(repo: Path) -> None:
+    """Work tree, git's index and DVC's outputs back to the last commit after a `dvc exp run`.
+    From HEAD, not the index (`git checkout -- .`): DVC's experiments stash and re-apply workspace
+    changes, and a CI run once found the check report stale after `git checkout -- .` (most likely
+    restored from what DVC had left in the index)."""
+    git(repo, "reset", "-q", "--hard", "HEAD")
+    dvc(repo, "checkout", "--force")
+    assert git(repo, "status", "--porcelain", "--untracked-files=no").stdout.strip() == ""
+
+
 def make_repo(dest: Path, overrides: dict | None = None) -> Path:
     """Copy the project's source files (tracked + new, not ignored) into a fresh git repo."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,

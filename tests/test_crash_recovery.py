@@ -1,7 +1,9 @@
 """Kill -9 each long stage mid-run in a temp repo copy, rerun `dvc repro`, and check every
-output equals that of an uninterrupted run from clean (which also shows two clean runs agree)."""
+output equals that of the session's uninterrupted `small_run` from clean with the same settings
+(which also shows two clean runs agree)."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,8 +17,6 @@ from tests.helpers import SMALL, dvc, env, make_repo
 
 pytestmark = pytest.mark.slow
 
-SETTINGS = {**SMALL, "data.synthetic.count": 700, "train.max_steps": 60, "train.checkpoint_every": 10,
-            "train.val_every": 20}
 # Outputs that hold wall-clock timings legitimately differ between runs.
 TIMED = {"reports/filter.json", "reports/precompute.json", "reports/train_report.json",
          "reports/generate/metrics.json", "reports/results.md"}
@@ -38,7 +38,7 @@ def repro_until(repo: Path, ready, timeout: float = 300) -> str:
         while not ready(log.read_text()):
             assert proc.poll() is None, f"repro ended before the kill point:\n{log.read_text()[-3000:]}"
             assert time.time() - t0 < timeout, "kill point never reached"
-            time.sleep(0.05)
+            time.sleep(0.01)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -47,26 +47,15 @@ def repro_until(repo: Path, ready, timeout: float = 300) -> str:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> dict[str, str]:
-    repo = make_repo(tmp_path_factory.mktemp("ref"), SETTINGS)
-    dvc(repo, "repro")
-    return out_hashes(repo)
+def reference(small_run) -> dict[str, str]:
+    """Outputs of an uninterrupted run from clean with `SMALL` settings: the shared session run."""
+    return out_hashes(small_run)
 
 
 def test_kill_each_stage_then_rerun_gives_identical_outputs(tmp_path, reference):
-    repo = make_repo(tmp_path, SETTINGS)
-    started = {}
-
-    def stage_running(name, after=0.0):
-        def ready(log):
-            if f"Running stage '{name}'" not in log:
-                return False
-            started.setdefault(name, time.time())
-            return time.time() - started[name] >= after
-        return ready
-
-    # filter: killed while decoding (the stage runs for a few seconds on 700 images)
-    repro_until(repo, stage_running("filter", after=1.5))
+    repo = make_repo(tmp_path, SMALL)
+    # filter: killed once its progress bar ("filter:   0%|...", tqdm's first line) shows it decoding
+    repro_until(repo, lambda log: re.search(r"Running stage 'filter'.*filter:\s+\d+%\|", log, re.S) is not None)
     assert not (repo / "data/fashion_data.csv").exists() or "filter" not in (repo / "dvc.lock").read_text()
     # precompute: killed once its staging folder exists (shards being written)
     repro_until(repo, lambda log: "Running stage 'precompute'" in log and (repo / "data/.latents.tmp").exists())
