@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import stats, timed, write
-from fashion_lora import synthetic
+from fashion_lora import embedded
 from fashion_lora.base import load_base
 from fashion_lora.buckets import buckets_for
 from fashion_lora.filtering import filter_entries
@@ -28,7 +28,7 @@ from fashion_lora.images import prepare, to_vae_input
 from fashion_lora.latents import encode, iter_chunks
 from fashion_lora.params import load_params
 from fashion_lora.provision import provision_base
-from fashion_lora.utils import setup_logging
+from fashion_lora.stage import setup_logging
 
 TINY_STEP = 32  # the tiny base's bucket step (tests/test_buckets.py checks it)
 
@@ -61,7 +61,7 @@ def main(argv=None) -> None:
     fp, pp = params.filter, params.precompute
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        synthetic.write_dataset(root, args.count, seed=1)
+        embedded.write_dataset(root, args.count, seed=1)
         if args.deepfashion_size:
             _upscale(root / "images")
         captions = json.loads((root / "captions.json").read_text())

@@ -138,9 +138,9 @@ def train_params(params, smoke: bool, **overrides):
 def stage_loop(bench: Bench, base_dir: Path, latent_dir: Path, params) -> dict:
     """The train stage's own loop (`training.train`), as the stage runs it; steady steps/s from its report."""
     from fashion_lora.buckets import bucket_name
+    from fashion_lora.devices import raise_recompile_limit
     from fashion_lora.latents import read_index
     from fashion_lora.training import Outputs, train
-    from fashion_lora.utils import raise_recompile_limit
 
     raise_recompile_limit()  # what the train stage's configure_torch does for train.compile
     work = Path(tempfile.mkdtemp(dir=base_dir.parent))
@@ -188,8 +188,8 @@ def bare_loop(bench: Bench, base_dir: Path, params, batch: int, precision: str =
               steps: int = 30) -> dict:
     """Seconds per step of UNet forward + backward + AdamW on one resident batch: the limit the
     stage's loop is compared with (same LoRA, precision, optimizer and compile)."""
+    from fashion_lora.devices import raise_recompile_limit
     from fashion_lora.training.setup import compile_unet
-    from fashion_lora.utils import raise_recompile_limit
 
     raise_recompile_limit()
 
@@ -311,15 +311,15 @@ def precompute_speed(bench: Bench, root: Path, base_dir: Path, params, resolutio
 
     from fashion_lora.base import load_base, model_step
     from fashion_lora.buckets import bucket_name, buckets_for
+    from fashion_lora.devices import worker_count
     from fashion_lora.precision import inference_dtype
     from fashion_lora.precompute import encode_dataset
-    from fashion_lora.utils import worker_count
 
     images = root / "jpeg"
     if not images.exists():
-        from fashion_lora import synthetic
+        from fashion_lora import embedded
 
-        synthetic.write_dataset(root / "synth", n_images, seed=5)
+        embedded.write_dataset(root / "synth", n_images, seed=5)
         images.mkdir()
         size = (750, 1101) if not bench.smoke else (96, 141)
         for i, f in enumerate(sorted((root / "synth" / "images").glob("*.jpg"))):
@@ -350,7 +350,7 @@ def sync(device: torch.device) -> None:
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None) -> None:
-    from fashion_lora.utils import setup_logging
+    from fashion_lora.stage import setup_logging
 
     setup_logging()
     logging.getLogger("fashion_lora").setLevel(logging.WARNING)

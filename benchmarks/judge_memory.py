@@ -44,13 +44,13 @@ print(json.dumps({"seconds": seconds, "peak_mib": (peak - before) / 1024, "tenso
 
 def photos(folder: Path, n: int) -> list[str]:
     """`n` JPEGs of 750x1101 (a handful of synthetic figures, each saved under many names)."""
-    from fashion_lora import synthetic
+    from fashion_lora import embedded, figures, synthetic
 
     rng = random.Random(0)
     sources = []
     for _ in range(8):
-        img = synthetic.render(synthetic.random_garments(rng), (750, 1101), "front", rng)
-        sources.append(synthetic._jpeg_bytes(img))
+        img = figures.render(synthetic.random_garments(rng), (750, 1101), "front", rng)
+        sources.append(embedded._jpeg_bytes(img))
     paths = []
     for i in range(n):
         path = folder / f"{i:06d}.jpg"

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import seconds_per_call, write
-from fashion_lora import diffusion, synthetic
+from fashion_lora import diffusion, embedded
 from fashion_lora.base import load_base
 from fashion_lora.filtering import filter_entries, sample_and_split
 from fashion_lora.images import prepare, to_vae_input
@@ -29,8 +29,8 @@ from fashion_lora.latents import ShardWriter, encode, load_latents
 from fashion_lora.lora import attach_lora
 from fashion_lora.params import load_params
 from fashion_lora.provision import provision_base
+from fashion_lora.stage import setup_logging
 from fashion_lora.training import Outputs, train
-from fashion_lora.utils import setup_logging
 
 
 def build_data(root: Path, params, res: int) -> tuple[Path, list[dict]]:
@@ -166,7 +166,7 @@ def main(argv=None) -> None:
                               "ours/limit step time")]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        synthetic.write_dataset(root, 160, seed=3)
+        embedded.write_dataset(root, 160, seed=3)
         provision_base("tiny-random", 0, root / "base")
         for res in args.resolutions:
             latent_dir, rows = build_data(root, params, res)

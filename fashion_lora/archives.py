@@ -7,7 +7,7 @@ import stat
 import zipfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from .utils import UserError
+from .errors import UserError
 
 CHUNK = 1 << 20
 RATIO_MIN_BYTES = 1 << 20  # tiny entries (a blank text file) may compress absurdly well: fine

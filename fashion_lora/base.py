@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .utils import UserError
+from .errors import UserError
 
 
 def vae_scale_factor(vae) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .utils import UserError
+from .errors import UserError
 
 LEGACY_IDS = {"runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5"}
 

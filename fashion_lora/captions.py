@@ -7,7 +7,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from .utils import UserError
+from .errors import UserError
 
 
 def clean_caption(text: str) -> str:

@@ -15,8 +15,10 @@ import logging
 from pathlib import Path
 
 from . import paths
+from .devices import resolve_device
+from .errors import UserError
 from .params import ParamError, load_params
-from .utils import UserError, resolve_device, setup_logging
+from .stage import setup_logging
 
 log = logging.getLogger("fashion_lora.cli")
 

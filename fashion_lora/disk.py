@@ -15,8 +15,8 @@ import os
 import zipfile
 from pathlib import Path
 
+from .errors import UserError, existing_parent, free_bytes, human_bytes
 from .params import Params
-from .utils import UserError, existing_parent, free_bytes, human_bytes
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from .utils import UserError, file_sha256, human_bytes, write_json
+from .errors import UserError, human_bytes
+from .files import file_sha256, write_json
 
 log = logging.getLogger(__name__)
 

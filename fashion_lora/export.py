@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .utils import atomic_dir, canonicalize_safetensors
+from .files import atomic_dir, canonicalize_safetensors
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from .captions import caption_reason, clean_caption, unsafe_name_reason
 from .grammar import parse_caption
 from .images import inspect_image
 from .params import FilterParams, to_dict
-from .utils import ignore_sigint
+from .stage import ignore_sigint
 
 log = logging.getLogger(__name__)
 PARALLEL_MIN = 500

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from .attributes import FILES, NAMES, OUTER_CLOTHING, Attribute
-from .utils import UserError
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 Labels = dict[str, dict[str, str | None]]  # image name -> attribute -> value (None = NA)

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from .buckets import bucket_name
-from .utils import UserError, atomic_torch_save
+from .errors import UserError
+from .files import atomic_torch_save
 
 log = logging.getLogger(__name__)
 INDEX = "index.json"

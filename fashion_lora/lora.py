@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 
 from .base import check_base_dir
+from .errors import UserError
+from .files import canonicalize_safetensors
 from .params import LoraParams, TextEncoderLoraParams
-from .utils import UserError, canonicalize_safetensors
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .utils import UserError
+from .errors import UserError
 
 # Every dtype name a param can hold: inference/VAE precision (fp32, fp16, bf16), training's mixed
 # precision in accelerate's words ("no" = fp32 weights), and latents on disk (float16, float32).

@@ -17,11 +17,13 @@ from tqdm import tqdm
 
 from .base import vae_scale_factor
 from .buckets import Bucket, bucket_name
+from .devices import worker_count
+from .errors import UserError
+from .files import atomic_dir
 from .images import area_kept, prepare, to_vae_input
 from .latents import ShardWriter, bucket_counts, encode, iter_chunks
 from .params import PrecomputeParams, to_dict
 from .precision import dtype_of
-from .utils import UserError, atomic_dir, worker_count
 
 log = logging.getLogger(__name__)
 

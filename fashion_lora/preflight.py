@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base_id import classify_base
+from .errors import UserError
 from .params import Params
-from .utils import UserError
 
 CHECK_TEXT = "params.yaml and the input paths it names are valid (written by the check stage)\n"
 

@@ -25,11 +25,12 @@ from tqdm import tqdm
 from . import diffusion
 from .base import model_step
 from .buckets import Bucket, bucket_name, buckets_for, nearest_bucket
+from .figures import render
 from .images import resize_crop, to_vae_input
 from .lr_schedule import lr_factor
 from .params import PrecomputeParams, PretrainParams
 from .provision import base_info
-from .synthetic import VIEWS, Garments, caption_for, random_garments, render
+from .synthetic import VIEWS, Garments, caption_for, random_garments
 from .tiny import build_tiny
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ import torch
 
 from .base import vae_scale_factor
 from .base_id import LEGACY_IDS, classify_base
+from .errors import UserError
 from .tiny import build_tiny
-from .utils import UserError
 
 log = logging.getLogger(__name__)
 

@@ -15,12 +15,12 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from . import labels, paths, synthetic
+from . import embedded, labels, paths
 from .archives import flatten_into, safe_extract
 from .captions import load_captions
 from .downloads import Downloader, fetch_file, gdown_download
+from .errors import UserError, human_bytes
 from .params import ArchiveLimits, Params
-from .utils import UserError, human_bytes
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def fetch(params: Params, stage_dir: Path, downloader: Downloader = gdown_downlo
     with tempfile.TemporaryDirectory(dir=stage_dir.parent, prefix=".download-work-") as tmp:
         work = Path(tmp)
         if data.source == "synthetic":
-            summary = synthetic.write_dataset(stage_dir, data.synthetic.count, params.seed + data.synthetic.seed_offset,
+            summary = embedded.write_dataset(stage_dir, data.synthetic.count, params.seed + data.synthetic.seed_offset,
                                               data.synthetic.frequencies)
             return {"source": "synthetic", "count": summary["count"], "products": summary["products"],
                     "without_label_line": summary["unlabeled"], "deliberately_bad": summary["bad"]}

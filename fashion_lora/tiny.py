@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .utils import UserError
+from .errors import UserError
 
 # SD1.x noise schedule: shared by the tiny model so the same training code serves both.
 SD_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,

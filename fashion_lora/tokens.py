@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from .utils import UserError
+from .errors import UserError
 
 WINDOWS = (77, 154, 231)
 

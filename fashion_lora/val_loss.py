@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from .diffusion import per_sample_losses
-from .utils import mix_seed
+from .seeds import mix_seed
 
 
 def biased_timesteps(u: torch.Tensor, num_timesteps: int, bias: float) -> torch.Tensor:

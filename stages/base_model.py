@@ -4,11 +4,13 @@
 import logging
 
 from fashion_lora import paths
+from fashion_lora.devices import configure_torch
 from fashion_lora.disk import ensure_space
+from fashion_lora.files import atomic_dir, write_json
 from fashion_lora.params import load_params
 from fashion_lora.pretrain import provision_tiny
 from fashion_lora.provision import provision_base
-from fashion_lora.utils import atomic_dir, configure_torch, run_stage, write_json
+from fashion_lora.stage import run_stage
 
 log = logging.getLogger("stages.base_model")
 

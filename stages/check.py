@@ -6,9 +6,10 @@ import logging
 
 from fashion_lora import paths
 from fashion_lora.disk import additional_need, check_free_space, estimate
+from fashion_lora.files import atomic_write_text, write_json
 from fashion_lora.params import load_params
 from fashion_lora.preflight import CHECK_TEXT, check_inputs
-from fashion_lora.utils import atomic_write_text, run_stage, write_json
+from fashion_lora.stage import run_stage
 
 log = logging.getLogger("stages.check")
 

@@ -8,12 +8,15 @@ import pandas as pd
 
 from fashion_lora import judge as judges
 from fashion_lora import paths
+from fashion_lora.devices import configure_torch, resolve_device
+from fashion_lora.errors import UserError
 from fashion_lora.evaluation import attribute_metric, val_losses
+from fashion_lora.files import atomic_dir, write_json
 from fashion_lora.inference import image_size, prepare_inference
 from fashion_lora.latents import load_latents
 from fashion_lora.lora import adapter_token_window, load_pipeline
 from fashion_lora.params import load_params
-from fashion_lora.utils import UserError, atomic_dir, configure_torch, resolve_device, run_stage, write_json
+from fashion_lora.stage import run_stage
 
 log = logging.getLogger("stages.evaluate")
 

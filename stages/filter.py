@@ -8,10 +8,12 @@ import time
 from fashion_lora import paths, tokens
 from fashion_lora.base import load_tokenizer
 from fashion_lora.captions import load_captions
+from fashion_lora.devices import configure_torch
+from fashion_lora.files import atomic_dir, atomic_write_text, write_json
 from fashion_lora.filtering import filter_entries, filter_report, join_labels, sample_and_split, to_frame, write_export_zip
 from fashion_lora.labels import read_labels
 from fashion_lora.params import load_params
-from fashion_lora.utils import atomic_dir, atomic_write_text, configure_torch, run_stage, write_json
+from fashion_lora.stage import run_stage
 
 log = logging.getLogger("stages.filter")
 

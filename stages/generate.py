@@ -4,12 +4,14 @@ import io
 import logging
 
 from fashion_lora import paths
+from fashion_lora.devices import configure_torch, resolve_device
+from fashion_lora.files import atomic_dir, atomic_write_bytes, write_json
 from fashion_lora.inference import image_size, prepare_inference
 from fashion_lora.lora import adapter_token_window, load_pipeline
 from fashion_lora.params import load_params
 from fashion_lora.sampling import sample_prompt_grid
 from fashion_lora.sheets import grid
-from fashion_lora.utils import atomic_dir, atomic_write_bytes, configure_torch, resolve_device, run_stage, write_json
+from fashion_lora.stage import run_stage
 
 log = logging.getLogger("stages.generate")
 

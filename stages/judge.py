@@ -6,9 +6,12 @@ import logging
 import pandas as pd
 
 from fashion_lora import paths
+from fashion_lora.devices import configure_torch, resolve_device
+from fashion_lora.errors import UserError
+from fashion_lora.files import atomic_dir, write_json
 from fashion_lora.judge import save, train_judge
 from fashion_lora.params import load_params
-from fashion_lora.utils import UserError, atomic_dir, configure_torch, resolve_device, run_stage, write_json
+from fashion_lora.stage import run_stage
 
 log = logging.getLogger("stages.judge")
 

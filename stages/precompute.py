@@ -7,11 +7,13 @@ import pandas as pd
 from fashion_lora import paths
 from fashion_lora.base import load_base, model_step
 from fashion_lora.buckets import bucket_name, buckets_for
+from fashion_lora.devices import configure_torch, resolve_device
 from fashion_lora.disk import ensure_space
+from fashion_lora.files import write_json
 from fashion_lora.params import load_params
 from fashion_lora.precision import inference_dtype
 from fashion_lora.precompute import encode_dataset, precompute_report
-from fashion_lora.utils import configure_torch, resolve_device, run_stage, write_json
+from fashion_lora.stage import run_stage
 
 log = logging.getLogger("stages.precompute")
 

@@ -5,8 +5,9 @@ import logging
 from pathlib import Path
 
 from fashion_lora import paths
+from fashion_lora.files import atomic_write_text
 from fashion_lora.results import results_page
-from fashion_lora.utils import atomic_write_text, run_stage
+from fashion_lora.stage import run_stage
 
 log = logging.getLogger("stages.report")
 

@@ -8,10 +8,12 @@ import dataclasses
 import logging
 
 from fashion_lora import paths, tokens
+from fashion_lora.devices import configure_torch
 from fashion_lora.disk import ensure_space
+from fashion_lora.files import write_json
 from fashion_lora.params import load_params
+from fashion_lora.stage import run_stage
 from fashion_lora.training import Outputs, train
-from fashion_lora.utils import configure_torch, run_stage, write_json
 
 log = logging.getLogger("stages.train")
 

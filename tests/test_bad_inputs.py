@@ -13,10 +13,10 @@ from PIL import Image
 
 from fashion_lora.buckets import buckets_for
 from fashion_lora.captions import load_captions
+from fashion_lora.errors import UserError
 from fashion_lora.filtering import filter_entries, sample_and_split
 from fashion_lora.images import load_rgb, prepare
 from fashion_lora.sources import fetch
-from fashion_lora.utils import UserError
 from tests.helpers import small_params
 
 CAP = "The lady wears a short-sleeve red shirt with solid color patterns."

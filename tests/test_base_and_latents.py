@@ -8,11 +8,11 @@ import torch
 from PIL import Image
 
 from fashion_lora.base import load_base
+from fashion_lora.errors import UserError
 from fashion_lora.images import area_kept, prepare, quality_reason, resize_crop, to_vae_input
 from fashion_lora.latents import LatentsError, ShardWriter, encode, load_latents, load_shard
 from fashion_lora.provision import provision_base
 from fashion_lora.tiny import build_clip_tokenizer
-from fashion_lora.utils import UserError
 from tests.helpers import blur, small_params
 
 

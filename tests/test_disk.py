@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from fashion_lora.disk import LORA_PER_RANK, additional_need, check_free_space, estimate
+from fashion_lora.errors import DiskFull, UserError
+from fashion_lora.files import atomic_dir, atomic_write_bytes
 from fashion_lora.training import train
-from fashion_lora.utils import DiskFull, UserError, atomic_dir, atomic_write_bytes
 from tests.helpers import copy_run, dvc, git, outputs, small_params, train_params, write_params
 
 

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from fashion_lora.archives import safe_extract
+from fashion_lora.errors import UserError
 from fashion_lora.sources import fetch
-from fashion_lora.utils import UserError
 from tests.helpers import small_params
 
 LIMITS = dict(max_total_bytes=10**8, max_ratio=200.0, max_entries=1000)

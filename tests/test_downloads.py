@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from fashion_lora.downloads import CHECKSUMS, classify, fetch_file, gdown_download
+from fashion_lora.errors import UserError
 from fashion_lora.sources import fetch
-from fashion_lora.utils import UserError
 from tests.helpers import small_params
 
 QUOTA = ("Too many users have viewed or downloaded this file recently. Please try accessing the file "

@@ -140,7 +140,7 @@ def test_captions_read_the_same_however_they_were_saved(tmp_path, fp):
 
 def test_captions_json_errors_name_the_file(tmp_path):
     from fashion_lora.captions import load_captions
-    from fashion_lora.utils import UserError
+    from fashion_lora.errors import UserError
 
     bad = tmp_path / "captions.json"
     bad.write_text("{not json")
@@ -162,13 +162,13 @@ def test_filter_stage_export_zip_and_report(tmp_path, tiny_base):
     import pandas as pd
     import yaml
 
-    from fashion_lora import synthetic
+    from fashion_lora import embedded
     from tests.helpers import REPO, raw_params
 
     for d in ("stages", "fashion_lora"):
         shutil.copytree(REPO / d, tmp_path / d, ignore=shutil.ignore_patterns("__pycache__"))
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params(**{"filter.export_zip": True})))
-    synthetic.write_dataset(tmp_path / "data/raw", 40, seed=2)
+    embedded.write_dataset(tmp_path / "data/raw", 40, seed=2)
     proc = subprocess.run([sys.executable, "-m", "stages.filter"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 2 and "run `dvc repro base_model`" in proc.stderr  # the tokenizer is the base's
     assert not (tmp_path / "data/fashion_data.csv").exists()  # stopped before writing anything

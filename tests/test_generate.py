@@ -110,9 +110,9 @@ def test_clip_score_with_a_local_model_and_clear_errors(tmp_path):
     with a local CLIP folder (a tiny random one here: the score's value means nothing)."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
+    from fashion_lora.errors import UserError
     from fashion_lora.evaluation.scoring import clip_score
     from fashion_lora.tiny import build_clip_tokenizer
-    from fashion_lora.utils import UserError
 
     img = [Image.new("RGB", (64, 64), "red")]
     assert clip_score(None, img, ["a red dress"]) is None

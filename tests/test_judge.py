@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from fashion_lora import attributes as A
+from fashion_lora import embedded
 from fashion_lora import judge as judges
-from fashion_lora import synthetic
 from fashion_lora.captions import load_captions
 from fashion_lora.evaluation.choice import choose_items, stated_items
 from fashion_lora.evaluation.drawing import Drawn
@@ -27,7 +27,7 @@ from tests.helpers import small_params
 def data(tmp_path_factory) -> pd.DataFrame:
     """data/fashion_data.csv of a small synthetic set, made by the filter stage's functions."""
     raw = tmp_path_factory.mktemp("raw")
-    synthetic.write_dataset(raw, 420, seed=11)
+    embedded.write_dataset(raw, 420, seed=11)
     settings = replace(small_params().filter, workers=1)
     captions = load_captions(raw / "captions.json")
     kept, _, _ = filter_entries(captions, raw / "images", settings)

@@ -10,8 +10,8 @@ import pytest
 from fashion_lora import attributes as A
 from fashion_lora import labels as L
 from fashion_lora import synthetic
+from fashion_lora.errors import UserError
 from fashion_lora.grammar import parse_caption
-from fashion_lora.utils import UserError
 
 # Published examples from DeepFashion-MultiModal's captions.json (issue 26).
 EXAMPLES = [

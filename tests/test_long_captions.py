@@ -8,10 +8,10 @@ import torch
 
 from fashion_lora import diffusion, tokens
 from fashion_lora.base import load_base
+from fashion_lora.errors import UserError
 from fashion_lora.lora import load_pipeline
 from fashion_lora.sampling import sample_image
 from fashion_lora.training import train
-from fashion_lora.utils import UserError
 from tests.helpers import outputs, train_params
 
 CPU = torch.device("cpu")

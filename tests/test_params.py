@@ -143,7 +143,7 @@ def test_stages_use_cpu_threads_from_params(tmp_path):
 
     for threads, expect in ((1, "1"), (None, None)):
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params(cpu_threads=threads)))
-        code = ("import torch; from fashion_lora.params import load_params; from fashion_lora.utils import "
+        code = ("import torch; from fashion_lora.params import load_params; from fashion_lora.devices import "
                 "configure_torch; n = torch.get_num_threads(); configure_torch(load_params(), 'train'); "
                 "print(torch.get_num_threads(), n)")
         out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
@@ -153,7 +153,7 @@ def test_stages_use_cpu_threads_from_params(tmp_path):
 
 def test_worker_counts_accept_auto_or_a_number():
     """`precompute.workers` is `auto` (the cores) or a positive count; the message names both forms."""
-    from fashion_lora.utils import worker_count
+    from fashion_lora.devices import worker_count
 
     assert parse_params(raw_params(**{"precompute.workers": "auto"})).precompute.workers == "auto"
     assert worker_count("auto") >= 1 and worker_count(3) == 3
@@ -164,8 +164,8 @@ def test_worker_counts_accept_auto_or_a_number():
 def test_inference_precision_by_device():
     import torch
 
+    from fashion_lora.errors import UserError
     from fashion_lora.precision import inference_dtype
-    from fashion_lora.utils import UserError
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert inference_dtype("auto", cpu, "k") == torch.float32 and inference_dtype("auto", cuda, "k") == torch.float16

@@ -4,22 +4,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashion_lora import synthetic
+from fashion_lora import embedded, figures, synthetic
 
 
 def test_generate_is_seeded_and_has_every_bad_kind(tmp_path):
-    a = synthetic.write_dataset(tmp_path / "a", 60, seed=7)
-    b = synthetic.write_dataset(tmp_path / "b", 60, seed=7)
+    a = embedded.write_dataset(tmp_path / "a", 60, seed=7)
+    b = embedded.write_dataset(tmp_path / "b", 60, seed=7)
     assert a["entries"] == b["entries"]
     files_a = sorted(p.name for p in (tmp_path / "a/images").iterdir())
     assert files_a == sorted(p.name for p in (tmp_path / "b/images").iterdir())
     for name in files_a:
         assert (tmp_path / "a/images" / name).read_bytes() == (tmp_path / "b/images" / name).read_bytes()
-    assert all(a["bad"][k] >= 1 for k in synthetic.BAD_KINDS)
+    assert all(a["bad"][k] >= 1 for k in embedded.BAD_KINDS)
 
 
 def test_names_are_deepfashion_style_with_several_views(tmp_path):
-    s = synthetic.write_dataset(tmp_path, 60, seed=1)
+    s = embedded.write_dataset(tmp_path, 60, seed=1)
     names = [e["image_name"] for e in s["entries"]]
     import re
 
@@ -34,7 +34,7 @@ def test_labels_files_and_images_show_the_attributes(tmp_path):
     and the images show them: the hat above the head, the trouser hem at the ankle or above it."""
     from fashion_lora.labels import read_labels
 
-    s = synthetic.write_dataset(tmp_path, 60, seed=3)
+    s = embedded.write_dataset(tmp_path, 60, seed=3)
     labels = read_labels(tmp_path / "labels")
     assert s["unlabeled"] == 1 and len(labels) == 59
     checked = 0
@@ -56,7 +56,7 @@ def test_labels_files_and_images_show_the_attributes(tmp_path):
 
 def test_render_portrait_proportions():
     g = synthetic.random_garments(random.Random(0))
-    img = synthetic.render(g, (300, 441), "front", random.Random(0))
+    img = figures.render(g, (300, 441), "front", random.Random(0))
     assert img.size == (300, 441)
     assert np.asarray(img).std() > 10  # not a blank canvas
 
@@ -67,8 +67,8 @@ def _accent_mask(g, seed=5, size=(300, 441)):
     from dataclasses import replace
 
     plain = replace(g, lower_pattern="pure color")
-    a = np.asarray(synthetic.render(g, size, "front", random.Random(seed)), dtype=int)
-    b = np.asarray(synthetic.render(plain, size, "front", random.Random(seed)), dtype=int)
+    a = np.asarray(figures.render(g, size, "front", random.Random(seed)), dtype=int)
+    b = np.asarray(figures.render(plain, size, "front", random.Random(seed)), dtype=int)
     return np.abs(a - b).sum(-1) > 60
 
 

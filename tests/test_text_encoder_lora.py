@@ -8,6 +8,7 @@ from safetensors import safe_open
 
 from fashion_lora import diffusion
 from fashion_lora.base import load_base
+from fashion_lora.errors import UserError
 from fashion_lora.evaluation import val_losses
 from fashion_lora.export import export_fused
 from fashion_lora.latents import load_latents
@@ -19,7 +20,6 @@ from fashion_lora.training.loop import training_loop
 from fashion_lora.training.report import save_adapters
 from fashion_lora.training.setup import make_accelerator, setup_model
 from fashion_lora.training.state import EarlyStop, Run, RunState
-from fashion_lora.utils import UserError
 from fashion_lora.val_loss import eval_losses, summarize
 from tests.helpers import CAPTIONS, Crash, crash_at, outputs, train_params
 

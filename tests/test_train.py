@@ -8,6 +8,7 @@ import torch
 
 from fashion_lora import diffusion
 from fashion_lora.base import load_base
+from fashion_lora.errors import UserError
 from fashion_lora.latents import LatentGroups
 from fashion_lora.lora import (
     LORA_WEIGHTS,
@@ -22,7 +23,6 @@ from fashion_lora.lr_schedule import lr_factor
 from fashion_lora.training import train
 from fashion_lora.training.data import latent_augment
 from fashion_lora.training.state import EarlyStop
-from fashion_lora.utils import UserError
 from fashion_lora.val_loss import biased_timesteps, fixed_eval
 from tests.helpers import CAPTIONS, Crash, crash_at, outputs, small_params, train_params
 
@@ -398,7 +398,7 @@ def test_resume_restores_its_own_curves_over_a_stale_live_folder(tmp_path, tiny_
         if step == 8:
             raise KeyboardInterrupt
 
-    from fashion_lora.utils import Interrupted
+    from fashion_lora.errors import Interrupted
 
     with pytest.raises(Interrupted, match=r"stopped at step 8 of 8; last checkpoint at step 4 "):
         train(p, tiny_base, latent_dir, outputs(tmp_path / "cut"), on_validation=ctrl_c_at_8)
@@ -488,7 +488,7 @@ def test_regional_compile_gives_the_same_loss_and_grads(tiny_base):
 def test_ema_update_rule_and_swap_on_a_toy_parameter():
     """shadow <- d * shadow + (1 - d) * w, with d ramping as (1 + s) / (10 + s) up to `decay`;
     `applied()` shows the average inside the block and restores the trained weights after it."""
-    from fashion_lora.training.state import LoraEMA
+    from fashion_lora.training.ema import LoraEMA
 
     w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     ema = LoraEMA([w], decay=0.9, warmup=True)

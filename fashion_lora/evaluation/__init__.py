@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from .. import paths
+from ..files import write_json
 from ..judge import Judge
 from ..params import EvaluateParams, GenerateParams
-from ..utils import write_json
 from .choice import choose_items, stated_items
 from .drawing import MODELS, Drawn, draw
 from .losses import val_losses

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..errors import UserError
 from ..judge.table import balanced, majority_rate, recalls
-from ..utils import UserError
 from .drawing import MODELS, Drawn
 
 READS_COLUMNS = ["image_name", "seed", "model", "attribute", "stated", "read"]

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from ..devices import worker_count
+from ..errors import UserError
 from ..params import JudgeParams
-from ..utils import UserError, worker_count
 from .inputs import as_float, buffer_bytes, load_images, to_input
 from .nets import BackboneNet, JudgeNet, load_backbone
 from .table import classes_of, majority_rate, score_table

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..utils import UserError
+from ..errors import UserError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the normalisation CLIP was trained with
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

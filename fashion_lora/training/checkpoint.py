@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from ..code_deps import ROOT, closure
+from ..files import atomic_torch_save, atomic_write_bytes, write_json
 from ..params import Params, TrainParams, to_dict
-from ..utils import atomic_torch_save, atomic_write_bytes, write_json
 from .state import Run
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,11 @@ import torch.nn.functional as F
 from .. import diffusion
 from ..base import vae_scale_factor
 from ..buckets import bucket_name
+from ..devices import to_device
+from ..errors import UserError
 from ..latents import LatentGroups, load_latents
 from ..params import Params, TrainParams
-from ..utils import UserError, mix_seed, to_device
+from ..seeds import mix_seed
 from ..val_loss import FixedEval, fixed_eval
 
 log = logging.getLogger(__name__)

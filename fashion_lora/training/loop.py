@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from .. import diffusion
+from ..devices import to_device
+from ..errors import DiskFull, Interrupted, UserError, is_disk_full
 from ..params import Params
-from ..utils import DiskFull, Interrupted, UserError, is_disk_full, to_device
 from ..val_loss import biased_timesteps
 from .checkpoint import fingerprint, finished_run, open_live, restore_checkpoint, save_checkpoint
 from .data import sample_noise, setup_data, step_seed

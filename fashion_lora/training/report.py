@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..files import atomic_dir, canonicalize_safetensors
 from ..lora import KOHYA_WEIGHTS, kohya_state, save_lora
 from ..params import to_dict
-from ..utils import atomic_dir, canonicalize_safetensors
 from .checkpoint import record_finished, restore_live
 from .state import Run
 from .validation import run_validation

@@ -13,12 +13,13 @@ from typing import Any
 import torch
 
 from ..base import Base, load_base
+from ..devices import resolve_device
+from ..errors import UserError
 from ..lora import attach_lora, keep_lora_fp32, lora_state
 from ..lr_schedule import lr_factor
 from ..params import Params, TrainParams
 from ..precision import dtype_of, resolve_precision
-from ..utils import UserError, resolve_device
-from .state import LoraEMA
+from .ema import LoraEMA
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def compile_unet(unet, mode: str, cuda_graphs: bool = False, backend: str = "ind
     transformer and resnet block in place (blocks of one shape share the compiled code, so it
     compiles faster than the full graph; peft's LoRA layers are traced inside). `cuda_graphs`
     replays each compiled graph as a CUDA graph (one launch instead of hundreds of kernels).
-    Dynamo's recompile limit is raised by `utils.configure_torch` (`raise_recompile_limit`)."""
+    Dynamo's recompile limit is raised by `devices.configure_torch` (`raise_recompile_limit`)."""
     if mode == "none":
         return unet
     kw = dict(backend=backend, mode="reduce-overhead" if cuda_graphs else None)

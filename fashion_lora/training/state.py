@@ -1,16 +1,13 @@
-"""The state of one training run: the moving average of the LoRA weights, early stopping, the
-validation history and best adapter, and the `Run` object every phase of `train` works on."""
+"""The state of one training run: early stopping, the validation history and best adapter, and
+the `Run` object every phase of `train` works on."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import torch
 
 from ..params import Params
 
@@ -20,47 +17,6 @@ if TYPE_CHECKING:
 
 CHECKPOINT = "checkpoint.pt"
 FINISHED = "finished.json"  # beside the checkpoint once its run ended: its report and final curves
-
-
-class LoraEMA:
-    """Exponential moving average of the LoRA weights, kept beside them (fp32, same device).
-
-    `applied()` swaps the average in for a block (validation, saving) and puts the trained
-    weights back after it, so training itself never sees the average.
-    """
-
-    def __init__(self, params: list[torch.Tensor], decay: float, warmup: bool):
-        self.params, self.decay, self.warmup = params, decay, warmup
-        self.shadow = [p.detach().clone() for p in params]
-
-    def decay_at(self, step: int) -> float:
-        """The decay after optimizer step `step` (0-based): ramped early so the average soon
-        forgets the initial (untrained) weights."""
-        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
-
-    @torch.no_grad()
-    def update(self, step: int) -> None:
-        """shadow <- decay * shadow + (1 - decay) * weights, all tensors in one foreach call."""
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - self.decay_at(step))
-
-    @contextlib.contextmanager
-    def applied(self):
-        with torch.no_grad():
-            trained = [p.detach().clone() for p in self.params]
-            torch._foreach_copy_([p.data for p in self.params], self.shadow)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                torch._foreach_copy_([p.data for p in self.params], trained)
-
-    def state_dict(self) -> dict:
-        return {"shadow": [s.detach().cpu() for s in self.shadow]}
-
-    def load_state_dict(self, state: dict) -> None:
-        with torch.no_grad():
-            for s, saved in zip(self.shadow, state["shadow"]):
-                s.copy_(saved)
 
 
 @dataclass
