@@ -98,7 +98,7 @@ def estimate(params: Params) -> dict:
         "data/raw": raw,
         "data/export": raw * kept // max(1, sources) if params.filter.export_zip else 0,
         "data/fashion_data.csv": kept * CSV_ROW_BYTES,
-        "data/latents": kept * (latent + INDEX_ITEM_BYTES),
+        "data/latents": kept * (latent * (2 if pre.flipped else 1) + INDEX_ITEM_BYTES),  # x2: mirrored too
         "models/base": base,
         "models/lora": 3 * lora,  # best, last, kohya
         "models/checkpoints": int(4.4 * lora) + (lora if params.train.ema.enabled else 0) + 2 * REPORTS_BYTES,

@@ -1,12 +1,13 @@
 """Latents: batched VAE encoding and sharded `.pt` files with an index.
 
 On disk (`data/latents/`):
-- `shard_00000.pt` ... : `{"latents": Tensor[n, 4, h/8, w/8], "items": Tensor[n] (int64 index ids)}`,
-  tensors only, so they load with `torch.load(weights_only=True)`; one bucket (latent shape)
-  per shard;
+- `shard_00000.pt` ... : `{"latents": Tensor[n, 4, h/8, w/8], "items": Tensor[n] (int64 index ids)}`
+  and, with `precompute.flipped`, `"flipped"`: the latents of the mirrored images; tensors
+  only, so they load with `torch.load(weights_only=True)`; one bucket (latent shape) per shard;
 - `index.json`: `meta` (resolution, dtype, scaling factor, buckets and their counts, the most
-  common train bucket) and one entry per latent (`shard`, `offset`, `image_name`, `caption`,
-  `split`, `bucket` [width, height], `crop` box in original pixels, `orig_size`).
+  common train bucket; `flipped` and `flip_gap` with mirrored latents) and one entry per
+  latent (`shard`, `offset`, `image_name`, `caption`, `split`, `bucket` [width, height], `crop`
+  box in original pixels, `orig_size`).
 A few shards instead of thousands of tiny files keep DVC fast.
 """
 
@@ -50,9 +51,10 @@ class ShardWriter:
         self.items: list[dict] = []
         self.shards: list[dict] = []
 
-    def add(self, latent: torch.Tensor, item: dict) -> None:
+    def add(self, latent: torch.Tensor, item: dict, flipped: torch.Tensor | None = None) -> None:
+        """Buffer one latent (and, when the writer stores them, the latent of its mirrored image)."""
         buf = self.bufs.setdefault(tuple(latent.shape), [])
-        buf.append((len(self.items), latent))
+        buf.append((len(self.items), latent if flipped is None else torch.stack([latent, flipped])))
         self.items.append(dict(item))
         if len(buf) == self.shard_size:
             self.flush(tuple(latent.shape))
@@ -64,8 +66,10 @@ class ShardWriter:
         name = f"shard_{len(self.shards):05d}.pt"
         for offset, (i, _) in enumerate(buf):  # where an item lives is known once its shard is written
             self.items[i] = {"shard": len(self.shards), "offset": offset, **self.items[i]}
-        data = {"latents": torch.stack([lat for _, lat in buf]).to(self.dtype).contiguous(),
-                "items": torch.tensor([i for i, _ in buf], dtype=torch.int64)}
+        stacked = torch.stack([lat for _, lat in buf]).to(self.dtype)
+        data = {"latents": stacked.contiguous(), "items": torch.tensor([i for i, _ in buf], dtype=torch.int64)}
+        if stacked.dim() == 5:  # (latent, latent of the mirrored image) pairs
+            data = {"latents": stacked[:, 0].contiguous(), "flipped": stacked[:, 1].contiguous(), "items": data["items"]}
         atomic_torch_save(data, self.out_dir / name)
         self.shards.append({"file": name, "count": len(buf)})
 
@@ -97,8 +101,8 @@ def load_shard(path: Path) -> dict:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LatentsError(f"{path}: not a valid latent shard (refused by torch.load(weights_only=True): "
                            f"{first}); rerun `dvc repro -f precompute`") from None
-    if not isinstance(data, dict) or set(data) != {"latents", "items"}:
-        raise LatentsError(f"{path}: unexpected content; a shard holds exactly 'latents' and 'items'")
+    if not isinstance(data, dict) or set(data) not in ({"latents", "items"}, {"latents", "items", "flipped"}):
+        raise LatentsError(f"{path}: unexpected content; a shard holds 'latents' and 'items' (and 'flipped')")
     return data
 
 
@@ -110,6 +114,7 @@ class LatentGroups:
 
     tensors: list[torch.Tensor]  # [n_g, C, h_g, w_g] each
     items: list[dict]
+    flipped: list[torch.Tensor] | None = None  # the latents of the mirrored images (`precompute.flipped`)
 
     @property
     def sizes(self) -> list[int]:
@@ -124,14 +129,15 @@ class LatentGroups:
 
     @property
     def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
+        return sum(t.nbytes for t in self.tensors + (self.flipped or []))
 
     def per_item(self) -> list[torch.Tensor]:
         """One [C, h, w] view per item, in `items` order."""
         return [row for t in self.tensors for row in t]
 
     def to(self, device) -> LatentGroups:
-        return LatentGroups([t.to(device) for t in self.tensors], self.items)
+        flipped = [t.to(device) for t in self.flipped] if self.flipped is not None else None
+        return LatentGroups([t.to(device) for t in self.tensors], self.items, flipped)
 
 
 def load_latents(latent_dir: Path, split: str | None = None) -> LatentGroups:
@@ -141,6 +147,7 @@ def load_latents(latent_dir: Path, split: str | None = None) -> LatentGroups:
     items = index["items"]
     wanted_set = {i for i, it in enumerate(items) if split is None or it["split"] == split}
     parts: dict[tuple, list[torch.Tensor]] = {}
+    flipped: dict[tuple, list[torch.Tensor]] = {}
     order: dict[tuple, list[int]] = {}
     for s_no, shard in enumerate(index["shards"]):
         data = load_shard(latent_dir / shard["file"])
@@ -150,12 +157,19 @@ def load_latents(latent_dir: Path, split: str | None = None) -> LatentGroups:
             raise LatentsError(f"{latent_dir / shard['file']}: does not match {INDEX} "
                                f"({len(ids)} latents, index expects {shard['count']})")
         take = [k for k, i in enumerate(ids) if i in wanted_set]
+        if ("flipped" in data) != bool(index["meta"].get("flipped")):
+            state = "present" if "flipped" in data else "missing"
+            raise LatentsError(f"{latent_dir / shard['file']}: mirrored latents {state}, unlike {INDEX}; "
+                               "rerun `dvc repro -f precompute`")
         if take:
             shape = tuple(lat.shape[1:])
             parts.setdefault(shape, []).append(lat[take].float())
+            if "flipped" in data:
+                flipped.setdefault(shape, []).append(data["flipped"][take].float())
             order.setdefault(shape, []).extend(ids[k] for k in take)
     shapes = sorted(parts)
-    return LatentGroups([torch.cat(parts[s]) for s in shapes], [items[i] for s in shapes for i in order[s]])
+    return LatentGroups([torch.cat(parts[s]) for s in shapes], [items[i] for s in shapes for i in order[s]],
+                        [torch.cat(flipped[s]) for s in shapes] if flipped else None)
 
 
 def bucket_counts(items: list[dict]) -> dict[str, dict[str, int]]:

@@ -206,6 +206,7 @@ class PrecomputeParams:
     min_aspect: float  # quality: width/height within [min_aspect, max_aspect]
     max_aspect: float
     enhance: Enhance
+    flipped: bool  # also encode each image mirrored: train's flips then use it, not the mirrored latent
 
     def validate(self) -> None:
         _check(0 < self.min_aspect <= self.max_aspect, "precompute.min_aspect",

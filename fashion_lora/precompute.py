@@ -32,6 +32,32 @@ def _prepare_row(args: tuple[int, str], settings: PrecomputeParams, buckets: lis
     return prepare(args[0], args[1], settings, buckets)
 
 
+class FlipGap:
+    """How far the mirrored latent of an image is from the latent of the mirrored image: the
+    error train's latent flips make where the VAE is not mirror-symmetric, as a mean squared
+    error relative to the latents' variance (0: the same; 1: as far as unrelated latents' spread),
+    overall and per channel."""
+
+    def __init__(self):
+        self.sq = self.s1 = self.s2 = None
+        self.n = self.count = 0
+
+    def add(self, latents: torch.Tensor, mirrored: torch.Tensor) -> None:
+        dims = (0, 2, 3)
+        diff, m = (latents.flip(-1) - mirrored).double(), mirrored.double()
+        parts = (diff.pow(2).sum(dims), m.sum(dims), m.pow(2).sum(dims))
+        self.sq, self.s1, self.s2 = parts if self.sq is None else (self.sq + parts[0], self.s1 + parts[1],
+                                                                    self.s2 + parts[2])
+        self.n += len(latents)
+        self.count += m[:, 0].numel()
+
+    def result(self) -> dict:
+        var = self.s2 / self.count - (self.s1 / self.count) ** 2
+        per = self.sq / self.count / var
+        return {"images": self.n, "relative_mse": round(float(self.sq.sum() / self.count / var.sum()), 6),
+                "relative_mse_per_channel": [round(float(v), 6) for v in per]}
+
+
 def encode_dataset(df: pd.DataFrame, vae, settings: PrecomputeParams, out_dir: Path,
                    buckets: list[Bucket]) -> tuple[dict, Counter, float]:
     """Write `out_dir` (shards + index) atomically from the CSV rows `df`.
@@ -42,6 +68,7 @@ def encode_dataset(df: pd.DataFrame, vae, settings: PrecomputeParams, out_dir: P
     stays bounded to two windows.
     """
     drops: Counter = Counter()
+    gap = FlipGap()
     t0 = time.perf_counter()
     work = functools.partial(_prepare_row, settings=settings, buckets=buckets)
     rows = list(enumerate(df.image_path))
@@ -60,22 +87,29 @@ def encode_dataset(df: pd.DataFrame, vae, settings: PrecomputeParams, out_dir: P
                         by_bucket.setdefault(x.bucket, []).append(x)
                 for bucket in sorted(by_bucket):  # a VAE batch holds one size
                     for batch in iter_chunks(by_bucket[bucket], settings.batch_size):
-                        latents = encode(vae, to_vae_input([x.pixels for x in batch]))
-                        for x, latent in zip(batch, latents):
+                        pixels = to_vae_input([x.pixels for x in batch])
+                        latents = encode(vae, pixels)
+                        mirrored = encode(vae, pixels.flip(-1)) if settings.flipped else [None] * len(batch)
+                        if settings.flipped:
+                            gap.add(latents, mirrored)
+                        for x, latent, flipped in zip(batch, latents, mirrored):
                             r = df.iloc[x.row]
                             writer.add(latent, {"image_name": r.image_name, "caption": r.caption, "split": r.split,
                                                 "bucket": list(x.bucket), "crop": list(x.crop),
-                                                "orig_size": list(x.orig_size)})
+                                                "orig_size": list(x.orig_size)}, flipped)
                 bar.update(len(chunk))
             if not writer.items:
                 raise UserError(f"precompute: every one of {len(rows)} rows was dropped ({dict(drops)}); "
                                 "check the precompute.min_* thresholds")
             counts = Counter(tuple(it["bucket"]) for it in writer.items if it["split"] == "train")
             top = max(sorted(counts), key=counts.__getitem__) if counts else tuple(writer.items[0]["bucket"])
-            index = writer.close({"resolution": settings.resolution, "shape": settings.shape, "bucket_size": settings.bucket_size,
-                                  "buckets": [list(b) for b in buckets], "train_bucket": list(top),
-                                  "vae_scale_factor": vae_scale_factor(vae), "dtype": settings.dtype,
-                                  "scaling_factor": vae.config.scaling_factor, "crop": settings.crop})
+            meta = {"resolution": settings.resolution, "shape": settings.shape, "bucket_size": settings.bucket_size,
+                    "buckets": [list(b) for b in buckets], "train_bucket": list(top),
+                    "vae_scale_factor": vae_scale_factor(vae), "dtype": settings.dtype,
+                    "scaling_factor": vae.config.scaling_factor, "crop": settings.crop}
+            if settings.flipped:  # only then: an index without mirrored latents stays as it was
+                meta.update(flipped=True, flip_gap=gap.result())
+            index = writer.close(meta)
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -113,4 +147,5 @@ def precompute_report(index: dict, rows: int, drops: Counter, seconds: float, ou
             "shards": len(index["shards"]),
             "shard_bytes": sum((out_dir / s["file"]).stat().st_size for s in index["shards"]),
             "images_per_second": round(rows / seconds, 1), "seconds": round(seconds, 2),
-            "device": str(device), "params": to_dict(settings)}
+            "device": str(device), "params": to_dict(settings),
+            **({"flip_gap": index["meta"]["flip_gap"]} if "flip_gap" in index["meta"] else {})}

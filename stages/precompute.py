@@ -34,6 +34,10 @@ def main() -> None:
     log.info("encoded %d of %d rows into %d shard(s); per bucket %s; area kept mean %.3f min %.3f; dropped %s; "
              "%.1f images/s on %s", report["encoded"], len(df), report["shards"], report["buckets"],
              report["area_kept"]["mean"], report["area_kept"]["min"], dict(drops), report["images_per_second"], device)
+    if "flip_gap" in report:
+        log.info("mirrored images encoded too: the mirrored latent is off the latent of the mirrored image by a "
+                 "relative MSE of %.4f (per channel %s)", report["flip_gap"]["relative_mse"],
+                 report["flip_gap"]["relative_mse_per_channel"])
 
 
 if __name__ == "__main__":

@@ -146,6 +146,28 @@ def test_shards_hold_one_bucket_each_and_load_grouped(tmp_path):
     assert names[:4] == [1, 4, 7, 10]  # (4, 8, 8) first, in index order
 
 
+def test_mirrored_latents_travel_with_their_items(tmp_path):
+    """Shards with mirrored latents load them aligned with the plain ones, split by split; an
+    index that disagrees with its shards about them is an error that says how to fix it."""
+    w = ShardWriter(tmp_path, 4, torch.float32)
+    for i in range(10):
+        w.add(torch.full((4, 8, 8), float(i)), {"image_name": f"{i}.jpg", "split": "val" if i % 3 == 0 else "train",
+                                                "bucket": [64, 64]}, torch.full((4, 8, 8), -float(i)))
+    w.close({"flipped": True})
+    assert set(load_shard(tmp_path / "shard_00000.pt")) == {"latents", "items", "flipped"}
+    for split in (None, "train", "val"):
+        groups = load_latents(tmp_path, split)
+        assert torch.equal(groups.flipped[0], -groups.tensors[0]) and len(groups.flipped[0]) == len(groups)
+        assert groups.to("cpu").flipped is not None and groups.nbytes == 2 * groups.tensors[0].nbytes
+    w = ShardWriter(tmp_path, 4, torch.float32)  # the same latents, the index not saying so
+    for i in range(10):
+        w.add(torch.full((4, 8, 8), float(i)), {"image_name": f"{i}.jpg", "split": "train", "bucket": [64, 64]},
+              torch.full((4, 8, 8), -float(i)))
+    w.close({})
+    with pytest.raises(LatentsError, match="mirrored latents present.*dvc repro -f precompute"):
+        load_latents(tmp_path)
+
+
 def test_shards_are_byte_identical_across_runs(tmp_path):
     _write_shards(tmp_path / "a")
     _write_shards(tmp_path / "b")
@@ -185,6 +207,39 @@ def test_fp16_latents_reconstruct_like_fp32(tiny_base):
         d32 = base.vae.decode(lat / s).sample
         d16 = base.vae.decode(lat.half().float() / s).sample
     assert (d32 - d16).abs().max().item() * 127.5 < 1.0
+
+
+def test_precompute_flipped_stores_the_latent_of_each_mirrored_image(tmp_path, tiny_base):
+    """`precompute.flipped`: beside each latent the VAE's latent of the mirrored image, the plain
+    latents as without it, and the gap between a mirrored latent and that one in the report."""
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from fashion_lora.precompute import encode_dataset, precompute_report
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (300, 260, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        paths.append(str(tmp_path / f"{i}.png"))
+    df = pd.DataFrame({"image_path": paths, "image_name": [Path(p).name for p in paths],
+                       "caption": [f"c{i}" for i in range(6)], "split": ["train", "val"] * 3})
+    vae = load_base(tiny_base, torch.device("cpu")).vae
+    pre = replace(small_params().precompute, workers=1, batch_size=4, dtype="float32")
+    plain, _, _ = encode_dataset(df, vae, pre, tmp_path / "plain", [(64, 64)])
+    index, drops, seconds = encode_dataset(df, vae, replace(pre, flipped=True), tmp_path / "both", [(64, 64)])
+    assert "flipped" not in plain["meta"] and index["meta"]["flipped"] is True
+    off, on = load_latents(tmp_path / "plain"), load_latents(tmp_path / "both")
+    assert off.flipped is None and torch.equal(on.tensors[0], off.tensors[0])
+    for k, it in enumerate(on.items):
+        x = to_vae_input([prepare(0, str(tmp_path / it["image_name"]), pre, [(64, 64)]).pixels])
+        assert torch.allclose(on.flipped[0][k], encode(vae, x.flip(-1))[0], atol=1e-5)
+    gap = precompute_report(index, len(df), drops, seconds, tmp_path / "both", torch.device("cpu"), pre)["flip_gap"]
+    assert gap["images"] == 6 and len(gap["relative_mse_per_channel"]) == 4
+    mirrored = on.tensors[0].flip(-1)
+    expect = float((mirrored - on.flipped[0]).pow(2).mean() / on.flipped[0].var(dim=(0, 2, 3), unbiased=False).mean())
+    assert gap["relative_mse"] == pytest.approx(expect, rel=1e-3) and gap["relative_mse"] > 0
 
 
 def test_precompute_with_worker_threads_writes_the_same_latents(tmp_path, tiny_base):

@@ -221,6 +221,26 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny_base, latent_dir):
     assert (tmp_path / "cut/live/plots/metrics/train/loss.tsv").read_text() == full  # no duplicated steps
 
 
+def test_training_takes_the_stored_mirrored_latents(tmp_path, tiny_base):
+    """Train reads `flipped` from the shards: mirrored latents equal to the flipped ones give the
+    very adapter of a run without them, other ones another adapter."""
+    from fashion_lora.latents import ShardWriter
+
+    gen = torch.Generator().manual_seed(0)
+    lat = [torch.randn(4, 8, 8, generator=gen) for _ in range(20)]
+    adapters = {}
+    for name, shift in (("none", None), ("same", 0.0), ("other", 0.5)):
+        w = ShardWriter(tmp_path / name, 16, torch.float32)
+        for i, x in enumerate(lat):
+            w.add(x, {"image_name": f"{i}.jpg", "caption": CAPTIONS[i % 3], "split": "val" if i % 5 == 0 else "train"},
+                  None if shift is None else x.flip(-1) + shift)
+        w.close({"resolution": 64, **({} if shift is None else {"flipped": True})})
+        p = train_params(max_steps=4, val_every=2, checkpoint_every=4)
+        train(p, tiny_base, tmp_path / name, outputs(tmp_path / f"run_{name}"))
+        adapters[name] = (tmp_path / f"run_{name}/lora" / LORA_WEIGHTS).read_bytes()
+    assert adapters["same"] == adapters["none"] and adapters["other"] != adapters["none"]
+
+
 def test_checkpoint_from_other_params_is_not_reused(tmp_path, tiny_base, latent_dir, caplog):
     p = train_params(max_steps=4, val_every=2, checkpoint_every=2)
     train(p, tiny_base, latent_dir, outputs(tmp_path))
@@ -276,6 +296,19 @@ def test_latent_augment_is_seeded_and_shape_preserving():
     assert torch.equal(a, b) and a.shape == lat.shape
     flipped = latent_augment(lat, torch.Generator().manual_seed(3), 0, 0, 1.0, 0, 1.0)
     assert torch.equal(flipped, lat.flip(-1))
+
+
+def test_flips_take_the_latents_of_the_mirrored_images_where_given():
+    """`precompute.flipped`: a flipped sample is the stored latent of its mirrored image, the
+    others are untouched, and the seeded choice of which to flip is the same either way."""
+    lat, mirrored = torch.randn(8, 4, 8, 8), torch.randn(8, 4, 8, 8)
+    plain = latent_augment(lat, torch.Generator().manual_seed(5), 0, 0, 0.5, 0, 1.0)
+    taken = latent_augment(lat, torch.Generator().manual_seed(5), 0, 0, 0.5, 0, 1.0, mirrored)
+    flips = [not torch.equal(plain[i], lat[i]) for i in range(8)]
+    assert 0 < sum(flips) < 8
+    for i, flipped in enumerate(flips):
+        assert torch.equal(taken[i], mirrored[i] if flipped else lat[i])
+        assert torch.equal(plain[i], lat[i].flip(-1) if flipped else lat[i])
 
 
 def test_fixed_eval_plan_is_stratified_and_seeded():

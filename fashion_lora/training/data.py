@@ -39,16 +39,20 @@ def sample_noise(shape: torch.Size, offset: float, generator: torch.Generator) -
 
 
 def latent_augment(latents: torch.Tensor, generator: torch.Generator, noise_prob: float, noise_std: float,
-                   hflip_prob: float, crop_prob: float, crop_min_scale: float) -> torch.Tensor:
+                   hflip_prob: float, crop_prob: float, crop_min_scale: float,
+                   flipped: torch.Tensor | None = None) -> torch.Tensor:
     """Per-sample latent augmentation: horizontal flip, crop resized back, Gaussian noise.
 
-    The draws come from the CPU generator, so a batch is the same on any device; on a GPU the
-    choices travel by non-blocking copies and are applied by selection (no host sync).
+    A flip takes `flipped` (the latents of the mirrored images, `precompute.flipped`) where
+    given, else mirrors the latent. The draws come from the CPU generator, so a batch is the
+    same on any device and either way; on a GPU the choices travel by non-blocking copies and
+    are applied by selection (no host sync).
     """
     b, _, h, w = latents.shape
     dev = latents.device
     flip = torch.rand(b, generator=generator) < hflip_prob
-    out = torch.where(to_device(flip, dev).view(b, 1, 1, 1), latents.flip(-1), latents)
+    mirrored = latents.flip(-1) if flipped is None else flipped
+    out = torch.where(to_device(flip, dev).view(b, 1, 1, 1), mirrored, latents)
     crop = torch.rand(b, generator=generator) < crop_prob
     scales = crop_min_scale + (1 - crop_min_scale) * torch.rand(b, generator=generator)
     offs = torch.rand(b, 2, generator=generator)
@@ -128,8 +132,10 @@ class LatentBatches:
         generator = torch.Generator().manual_seed(step_seed(self.seed, step, 2))
         a = self.augment
         group = self.groups.tensors[g]
-        lat = latent_augment(group[to_device(local, group.device)], generator, a.noise_prob, a.noise_std,
-                             a.hflip_prob, a.crop_prob, a.crop_min_scale)
+        rows_here = to_device(local, group.device)
+        flipped = self.groups.flipped[g][rows_here] if self.groups.flipped is not None else None
+        lat = latent_augment(group[rows_here], generator, a.noise_prob, a.noise_std,
+                             a.hflip_prob, a.crop_prob, a.crop_min_scale, flipped)
         c = self.captions
         drop = torch.rand(len(idx), generator=generator) < c.dropout_prob
         quality = torch.rand(len(idx), generator=generator) < c.quality_prob
@@ -196,6 +202,9 @@ def setup_data(params: Params, model, latent_dir: Path) -> Data:
                  "on the GPU" if fits else "in host memory: too large for the GPU (train.data_on_device)")
         if fits:
             train_latents = train_latents.to(model.device)
+    if train_latents.flipped is not None:
+        log.info("flips (train.augment.hflip_prob %.2f) take the latents of the mirrored images (precompute.flipped)",
+                 params.train.augment.hflip_prob)
     batches = LatentBatches(train_latents, [it["caption"] for it in train_latents.items], base.tokenizer,
                             params.train, params.seed, accelerator.process_index, accelerator.num_processes)
     trains_text = model.text_encoder is not None
