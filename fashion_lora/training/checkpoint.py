@@ -14,8 +14,10 @@ from pathlib import Path
 import torch
 
 from ..code_deps import ROOT, closure
+from ..errors import UserError
 from ..files import atomic_torch_save, atomic_write_bytes, write_json
 from ..params import Params, TrainParams, to_dict
+from ..seeds import mix_seed
 from .state import Run
 
 log = logging.getLogger(__name__)
@@ -53,11 +55,26 @@ def bucket_settings(meta: dict) -> dict:
     return {k: meta.get(k) for k in ("shape", "bucket_size", "resolution", "crop", "buckets")}
 
 
+PROCESSES = "process count"
+
+
+def global_batch(fp: dict[str, str]) -> tuple[int, int, int]:
+    """(processes, batch per process, their product: the global batch) of a fingerprint."""
+    processes, batch = int(fp.get("processes") or 1), json.loads(fp.get("params") or "{}")["train"]["batch_size"]
+    return processes, batch, processes * batch
+
+
 def mismatch(saved: dict[str, str], current: dict[str, str]) -> list[str]:
-    """Why a checkpoint made under `saved` cannot continue a run under `current`, in words."""
+    """Why a checkpoint made under `saved` cannot continue a run under `current`, in words.
+
+    Another process count continues the run when the global batch (processes x
+    `train.batch_size`) is the same: the batches of a step are then the same items."""
     reasons = []
-    if saved.get("params") != current["params"]:
-        old, new = _flat(json.loads(saved.get("params") or "{}")), _flat(json.loads(current["params"]))
+    old, new = _flat(json.loads(saved.get("params") or "{}")), _flat(json.loads(current["params"]))
+    (p_old, _, g_old), (p_new, _, g_new) = global_batch(saved), global_batch(current)
+    if p_old != p_new and g_old == g_new:  # the batch per process follows the process count
+        old.pop("train.batch_size"), new.pop("train.batch_size")
+    if old != new:
         changed = [f"{'' if k == 'seed' else 'train.'}{k.removeprefix('train.')} {old.get(k)!r} -> {new.get(k)!r}"
                    for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         reasons.append("params changed (" + ", ".join(changed[:5]) + (", ..." if len(changed) > 5 else "") + ")")
@@ -65,8 +82,8 @@ def mismatch(saved: dict[str, str], current: dict[str, str]) -> list[str]:
         old, new = json.loads(saved.get("buckets") or "{}"), json.loads(current["buckets"])
         changed = [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
         reasons.append("bucket settings of the latents changed (" + ", ".join(changed[:4]) + ")")
-    if saved.get("processes") != current["processes"]:
-        reasons.append(f"process count {saved.get('processes')} -> {current['processes']}")
+    if p_old != p_new and g_old != g_new:
+        reasons.append(f"{PROCESSES} {p_old} -> {p_new} with the global batch {g_old} -> {g_new}")
     for part, what in (("latents", "latents (data/latents) changed"), ("base", "base model (models/base) changed"),
                        ("code", "training code changed (stages/train.py or a module it imports)")):
         if saved.get(part) != current[part]:
@@ -113,9 +130,27 @@ def restore_live(live_dir: Path, snapshot: dict[str, str]) -> None:
 
 
 # ----------------------------------------------------------------------------- checkpoints
-def save_checkpoint(run: Run) -> None:
-    """Everything a resumed run needs to continue bit-exactly (on CPU), and the dvclive curves
-    logged so far; `restore_checkpoint` reads it."""
+def rng_states(accelerator) -> list[dict[str, torch.Tensor | list]]:
+    """Every process's global RNG state (LoRA dropout), in rank order: a collective, so every
+    process calls it when a checkpoint is due, though only the main one saves."""
+    own = {"rng": torch.get_rng_state(),
+           "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    if accelerator.num_processes == 1:
+        return [own]
+    from accelerate.utils import gather_object
+
+    return gather_object([own])
+
+
+def dropout_seed(seed: int, rank: int) -> int:
+    """The global RNG's seed of process `rank` in a fresh run: LoRA dropout draws differ per
+    process (rank 0 keeps the run's seed)."""
+    return seed if rank == 0 else mix_seed(seed, 1_000_000 + rank)
+
+
+def save_checkpoint(run: Run, rngs: list[dict]) -> None:
+    """Everything a resumed run needs to continue bit-exactly (on CPU), every process's RNG
+    state (`rng_states`) and the dvclive curves logged so far; `restore_checkpoint` reads it."""
     model, state = run.model, run.state
     scaler = model.accelerator.scaler
     ckpt = {
@@ -123,8 +158,8 @@ def save_checkpoint(run: Run) -> None:
         "best_lora": state.best_lora or {}, "optimizer": model.optimizer.optimizer.state_dict(),
         "lr_scheduler": model.lr_scheduler.state_dict(),  # lambdas are stored as None: code is never pickled
         "scaler": scaler.state_dict() if scaler is not None else {},
-        "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "rng": [r["rng"] for r in rngs],
+        "cuda_rng": [r["cuda_rng"] for r in rngs],
         "ema": model.ema.state_dict() if model.ema is not None else {},
         "early": state.early.state_dict(),
         "history": json.dumps(state.history),
@@ -151,9 +186,13 @@ def restore_checkpoint(run: Run) -> dict | None:
     scaler = model.accelerator.scaler
     if scaler is not None and ckpt["scaler"]:
         scaler.load_state_dict(ckpt["scaler"])
-    torch.set_rng_state(ckpt["rng"])
-    if torch.cuda.is_available() and ckpt["cuda_rng"]:
-        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+    rank = model.accelerator.process_index
+    if rank < len(ckpt["rng"]):
+        torch.set_rng_state(ckpt["rng"][rank])
+        if torch.cuda.is_available() and ckpt["cuda_rng"][rank]:
+            torch.cuda.set_rng_state_all(ckpt["cuda_rng"][rank])
+    else:  # a resume on more processes than wrote the checkpoint: a new process starts its own stream
+        torch.manual_seed(dropout_seed(mix_seed(run.params.seed, ckpt["step"]), rank))
     if model.ema is not None:
         model.ema.load_state_dict(ckpt["ema"])
     state.step = run.checkpoint_step = ckpt["step"]
@@ -185,6 +224,12 @@ def load_checkpoint(path: Path, fp: dict[str, str]) -> dict | None:
         log.warning("ignoring unreadable checkpoint %s (%s); starting from step 0", path, e)
         return None
     reasons = mismatch(saved, fp) if saved else ["it was written by an older version of this code"]
+    if len(reasons) == 1 and reasons[0].startswith(PROCESSES):  # the same run on another process count
+        (p_old, b_old, g_old), (p_new, b_new, _) = global_batch(saved), global_batch(fp)
+        keep = f", or keep the global batch: train.batch_size {g_old // p_new} on {p_new}" if g_old % p_new == 0 else ""
+        raise UserError(f"train: {path} (step {ckpt.get('step')}) was written by {p_old} process(es) x train.batch_size "
+                        f"{b_old} = a global batch of {g_old}; this run is {p_new} x {b_new}. Resume it on {p_old}"
+                        f"{keep} (or delete {path.parent} to start over). The checkpoint is kept")
     if reasons:
         log.warning("not resuming from %s (step %s): %s; starting from step 0", path, ckpt.get("step"),
                     "; ".join(reasons))

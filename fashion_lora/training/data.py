@@ -29,6 +29,13 @@ def step_seed(seed: int, step: int, stream: int) -> int:
     return mix_seed(seed, step * 7919 + stream * 104_729)
 
 
+def rank_stream(stream: int, rank: int) -> int:
+    """Process `rank`'s own stream of a per-process draw (augmentation): rank 0 keeps `stream`, so
+    a one-process run draws as before, and the others never share it (streams 1-999 are the
+    run's own: 1 batch order, 2 augmentation, 3 + rank noise)."""
+    return stream + 1000 * rank
+
+
 def sample_noise(shape: torch.Size, offset: float, generator: torch.Generator) -> torch.Tensor:
     """Gaussian noise of `shape` (fp32, on the CPU generator's device); `offset` adds a
     per-channel constant (noise offset)."""
@@ -71,7 +78,8 @@ class LatentBatches:
     """Seeded, resumable single-bucket batches over resident latents, with latent and caption
     augmentation.
 
-    Batch `s` of process `rank` is a pure function of (seed, s, rank): no iterator state to save.
+    Batch `s` of process `rank` is a pure function of (seed, s, rank): no iterator state to save;
+    each process augments its items with its own draws.
     Each epoch shuffles every bucket, cuts it into global batches (`batch_size` x processes; the
     rank takes its slice, so processes never share an item in a step) and shuffles the order
     of those batches. A bucket with fewer items than a global batch gives one smaller batch per
@@ -129,7 +137,7 @@ class LatentBatches:
         """Augmented latents [b, 4, h, w] (where the latents live) and caption rows [b] into `token_ids`."""
         g, local = self.indices(step)
         idx = local + self.offsets[g]
-        generator = torch.Generator().manual_seed(step_seed(self.seed, step, 2))
+        generator = torch.Generator().manual_seed(step_seed(self.seed, step, rank_stream(2, self.rank)))
         a = self.augment
         group = self.groups.tensors[g]
         rows_here = to_device(local, group.device)

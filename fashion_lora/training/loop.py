@@ -1,9 +1,9 @@
 """The training lifecycle: setup -> resume or replay -> loop -> finish.
 
 Every random draw of step `s` (batch order, augmentation, caption variants, noise,
-timesteps) comes from generators seeded by (seed, s), and the checkpoint holds the global RNG
-state (LoRA dropout) too, so a resumed run on CPU ends with the same adapter as an
-uninterrupted one.
+timesteps) comes from generators seeded by (seed, s) and, where each process draws its own,
+its rank; the checkpoint holds every process's global RNG state (LoRA dropout) too, so a
+resumed run on CPU ends with the same adapter as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -22,7 +22,15 @@ from ..devices import to_device
 from ..errors import DiskFull, Interrupted, UserError, is_disk_full
 from ..params import Params
 from ..val_loss import biased_timesteps
-from .checkpoint import fingerprint, finished_run, open_live, restore_checkpoint, save_checkpoint
+from .checkpoint import (
+    dropout_seed,
+    fingerprint,
+    finished_run,
+    open_live,
+    restore_checkpoint,
+    rng_states,
+    save_checkpoint,
+)
 from .data import sample_noise, setup_data, step_seed
 from .report import LoopResult, finish, replay_finished
 from .setup import make_accelerator, setup_model
@@ -40,7 +48,7 @@ def train(params: Params, base_dir: Path, latent_dir: Path, out: Outputs,
     if not isinstance(params.train.max_token_length, int):  # the train stage resolves `auto` (tokens.resolve)
         raise ValueError(f"train.max_token_length {params.train.max_token_length!r}: resolve it before train()")
     accelerator = make_accelerator(params.train)
-    if not accelerator.is_main_process:  # one voice in the logs; every rank still computes the same validations
+    if not accelerator.is_main_process:  # one voice in the logs; the main process validates for all
         logging.getLogger("fashion_lora").setLevel(logging.WARNING)
     model = setup_model(params, base_dir, accelerator)
     stopping = params.train.early_stopping
@@ -75,9 +83,9 @@ def resume_or_replay(run: Run) -> dict | None:
         # the same run ran to its end before: same files again, no training
         return replay_finished(run, record) if accelerator.is_main_process else {}
     if ckpt is None:
-        # LoRA dropout draws from the global RNG: a fresh run starts it from the seed (a resumed
-        # one has just restored it from the checkpoint).
-        torch.manual_seed(run.params.seed)
+        # LoRA dropout draws from the global RNG: a fresh run starts it from the seed, each process
+        # its own (a resumed one has just restored it from the checkpoint).
+        torch.manual_seed(dropout_seed(run.params.seed, accelerator.process_index))
     else:
         log.info("resuming from %s at step %d (best val MSE %.5f at step %d)", run.out.checkpoint, state.step,
                  state.early.best, state.early.best_step)
@@ -125,11 +133,14 @@ def training_loop(run: Run) -> LoopResult:
             run_validation(run, state.step)
             if state.early.stop:
                 result.stop_reason = "early_stopping"
-        if model.accelerator.is_main_process and (due_checkpoint or state.step == train_params.max_steps
-                                                  or state.early.stop):
-            save_checkpoint(run)
+        if due_checkpoint or state.step == train_params.max_steps or state.early.stop:
+            rngs = rng_states(model.accelerator)  # a collective: every process, though one saves
+            if model.accelerator.is_main_process:
+                save_checkpoint(run, rngs)
         result.side_seconds += time.perf_counter() - t_side
     flush_step_log(run, pending, bar)
+    if state.history[-1]["step"] != state.step:  # e.g. resumed from the last checkpoint: every process, a collective
+        run_validation(run, state.step)
     bar.close()
     result.seconds = time.perf_counter() - t_start
     return result

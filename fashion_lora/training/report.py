@@ -13,7 +13,6 @@ from ..lora import KOHYA_WEIGHTS, kohya_state, save_lora
 from ..params import to_dict
 from .checkpoint import record_finished, restore_live
 from .state import Run
-from .validation import run_validation
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +48,9 @@ def save_adapters(run: Run) -> dict:
 
 
 def finish(run: Run, loop: LoopResult) -> dict:
-    """Validate the last step if it was not, save the best and last adapters, build the report,
-    and record the finished run beside its checkpoint (so a rerun of it changes nothing)."""
+    """Save the best and last adapters (the last step validated: `training_loop`), build the
+    report, and record the finished run beside its checkpoint (so a rerun of it changes nothing)."""
     state = run.state
-    if state.history[-1]["step"] != state.step:
-        run_validation(run, state.step)
     last = save_adapters(run)
     report = build_report(run, loop, last)
     best = report["best_val"]

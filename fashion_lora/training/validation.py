@@ -56,10 +56,30 @@ def record_validation(run: Run, step: int, metrics: dict[str, float]) -> None:
 
 
 def run_validation(run: Run, step: int) -> None:
-    """Validate at `step` (0 = the base model itself, LoRA B = 0) and record it."""
+    """Validate at `step` (0 = the base model itself, LoRA B = 0) and record it.
+
+    With several processes the main one validates and shares its metrics, and its stop decision
+    is the one every process follows: processes that each validated and decided on their own
+    could differ in the last bit of a loss, and one would leave the loop while the others wait
+    for it in the next collective."""
     batch_size = max(run.params.train.batch_size, 16)
-    metrics = validate(run.model, run.data, batch_size, desc="validation (base model)" if step == 0 else None)
+    accelerator = run.model.accelerator
+    metrics = None
+    if accelerator.is_main_process:
+        metrics = validate(run.model, run.data, batch_size, desc="validation (base model)" if step == 0 else None)
+    metrics = from_main(accelerator, metrics)
     record_validation(run, step, metrics)
+    if accelerator.num_processes > 1:  # the stop decision: the main process's early-stopping state
+        run.state.early.load_state_dict(from_main(accelerator, run.state.early.state_dict()))
+
+
+def from_main(accelerator, value):
+    """`value` as the main process has it, on every process (a broadcast; itself with one)."""
+    if accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value], from_process=0)[0]
 
 
 def log_sample(run: Run, step: int) -> None:
