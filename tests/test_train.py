@@ -445,16 +445,21 @@ def test_resume_restores_its_own_curves_over_a_stale_live_folder(tmp_path, tiny_
 def test_checkpoint_refusal_names_what_changed():
     from fashion_lora.training.checkpoint import mismatch
 
-    saved = {"params": json.dumps({"seed": 42, "train": {"max_steps": 300, "lora": {"rank": 12}}}),
-             "processes": "1", "latents": "a", "base": "b", "code": "c",
+    def params(rank: int = 12, batch_size: int = 16) -> str:
+        return json.dumps({"seed": 42, "train": {"max_steps": 300, "batch_size": batch_size, "lora": {"rank": rank}}})
+
+    saved = {"params": params(), "processes": "1", "latents": "a", "base": "b", "code": "c",
              "buckets": json.dumps({"shape": "buckets", "resolution": 64})}
     same = dict(saved)
     assert mismatch(saved, same) == []
-    other = {**saved, "params": json.dumps({"seed": 42, "train": {"max_steps": 300, "lora": {"rank": 4}}}),
-             "processes": "2", "code": "d"}
+    other = {**saved, "params": params(rank=4), "processes": "2", "code": "d"}
     reasons = mismatch(saved, other)
     assert reasons[0] == "params changed (train.lora.rank 12 -> 4)"
-    assert "process count 1 -> 2" in reasons and any("training code changed" in r for r in reasons)
+    assert "process count 1 -> 2 with the global batch 16 -> 32" in reasons
+    assert any("training code changed" in r for r in reasons)
+    # another process count at the same global batch continues the run; the batch size alone is a change
+    assert mismatch(saved, {**saved, "params": params(batch_size=8), "processes": "2"}) == []
+    assert mismatch(saved, {**saved, "params": params(batch_size=8)}) == ["params changed (train.batch_size 16 -> 8)"]
     assert mismatch(saved, {**saved, "latents": "x"}) == ["latents (data/latents) changed"]
     squares = {**saved, "latents": "x", "buckets": json.dumps({"shape": "square", "resolution": 64})}
     assert mismatch(saved, squares) == ["bucket settings of the latents changed (shape 'buckets' -> 'square')",
