@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from fashion_lora.errors import UserError
 from fashion_lora.training import train
 from tests.helpers import REPO, Crash, crash_at, env, outputs, train_params
 
@@ -46,19 +45,22 @@ def test_processes_whose_validation_would_differ_stop_together(tmp_path, tiny_ba
 
 
 def test_resume_on_another_process_count_keeps_the_global_batch_or_stops(tmp_path, tiny_base, latent_dir):
-    """One process at batch 8 stops at step 4 (checkpoint at 2); two processes at batch 4 (the
-    same global batch of 8) resume it. A run whose global batch differs stops with one line and
-    leaves the checkpoint as it was."""
+    """One process at batch 8 stops at step 4 (checkpoint at 2). Two processes at batch 8 (a
+    global batch of 16) stop with one line and leave the checkpoint as it was; two at batch 4
+    (the same global batch of 8) resume it to the end."""
     kw = {"max_steps": 6, "val_every": 2, "checkpoint_every": 2}
     with pytest.raises(Crash):
         train(train_params(batch_size=8, **kw), tiny_base, latent_dir, outputs(tmp_path), on_validation=crash_at(4))
+    checkpoint = (tmp_path / "ckpt/checkpoint.pt").read_bytes()
+    proc = torchrun(tiny_base, latent_dir, tmp_path, batch_size=8, **kw)
+    # each process stops with the stage's one line and exit code 2 (torchrun then fails as a whole)
+    assert proc.returncode != 0 and "exitcode: 2" in proc.stderr, proc.stderr[-3000:]
+    assert "ERROR fashion_lora: train: " in proc.stderr and "[rank0]: Traceback" not in proc.stderr
+    assert "1 process(es) x train.batch_size 8 = a global batch of 8; this run is 2 x 8" in proc.stderr
+    assert "train.batch_size 4 on 2" in proc.stderr
+    assert (tmp_path / "ckpt/checkpoint.pt").read_bytes() == checkpoint
     proc = torchrun(tiny_base, latent_dir, tmp_path, batch_size=4, **kw)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resuming from" in proc.stderr and "at step 2" in proc.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["resumed_from_step"] == 2 and report["steps"] == 6 and report["system"]["processes"] == 2
-    checkpoint = (tmp_path / "ckpt/checkpoint.pt").read_bytes()
-    with pytest.raises(UserError, match=r"2 process\(es\) x train.batch_size 4 = a global batch of 8; this run is "
-                                         r"1 x 4.*train.batch_size 8 on 1"):
-        train(train_params(batch_size=4, **kw), tiny_base, latent_dir, outputs(tmp_path))
-    assert (tmp_path / "ckpt/checkpoint.pt").read_bytes() == checkpoint

@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..files import atomic_torch_save, atomic_write_bytes, write_json
 from ..params import Params, TrainParams, to_dict
 from ..seeds import mix_seed
-from .state import Run
+from .state import FINISHED, Run
 
 log = logging.getLogger(__name__)
 TRAIN_SCRIPT = ROOT / "stages" / "train.py"
@@ -224,7 +224,8 @@ def load_checkpoint(path: Path, fp: dict[str, str]) -> dict | None:
         log.warning("ignoring unreadable checkpoint %s (%s); starting from step 0", path, e)
         return None
     reasons = mismatch(saved, fp) if saved else ["it was written by an older version of this code"]
-    if len(reasons) == 1 and reasons[0].startswith(PROCESSES):  # the same run on another process count
+    if len(reasons) == 1 and reasons[0].startswith(PROCESSES) and not _ended(path, ckpt.get("step")):
+        # an interrupted run on another process count: a new run would throw its progress away
         (p_old, b_old, g_old), (p_new, b_new, _) = global_batch(saved), global_batch(fp)
         keep = f", or keep the global batch: train.batch_size {g_old // p_new} on {p_new}" if g_old % p_new == 0 else ""
         raise UserError(f"train: {path} (step {ckpt.get('step')}) was written by {p_old} process(es) x train.batch_size "
@@ -235,6 +236,15 @@ def load_checkpoint(path: Path, fp: dict[str, str]) -> dict | None:
                     "; ".join(reasons))
         return None
     return ckpt
+
+
+def _ended(path: Path, step) -> bool:
+    """Whether the checkpoint at `path` is that of a run that ended (its finished record, left by
+    `record_finished`, is at the same step): nothing is left to resume."""
+    try:
+        return json.loads((path.parent / FINISHED).read_text()).get("step") == step
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _set_lora(model, state: dict) -> None:
