@@ -86,6 +86,7 @@ class Bench:
 
 # ----------------------------------------------------------------------------- setup
 def build_base(root: Path, smoke: bool) -> Path:
+    from fashion_lora.folders import save_pipeline
     from fashion_lora.provision import provision_base
     from fashion_lora.sd15 import build_sd15_random
 
@@ -95,7 +96,7 @@ def build_base(root: Path, smoke: bool) -> Path:
     else:
         with torch.device("cuda"):  # random init of 1B parameters: seconds on the GPU, a minute on CPU
             pipe = build_sd15_random(0, root)
-        pipe.save_pretrained(out, safe_serialization=True)
+        save_pipeline(pipe, out)
     return out
 
 

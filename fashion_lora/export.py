@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from .files import atomic_dir, canonicalize_safetensors
+from .folders import save_pipeline
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def export_fused(base: Path, lora: Path, out: Path) -> None:
     pipe.fuse_lora(components=lora_components(pipe), lora_scale=1.0)  # the text encoder's LoRA too, if any
     pipe.unload_lora_weights()  # keeps the fused weights, drops the adapter modules
     with atomic_dir(out) as tmp:
-        pipe.save_pretrained(tmp, safe_serialization=True)
+        save_pipeline(pipe, tmp)
 
 
 def export_kohya(lora: Path, out: Path) -> None:

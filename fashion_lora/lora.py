@@ -22,6 +22,9 @@ KOHYA_WEIGHTS = "fashion_lora_kohya.safetensors"
 # its file's metadata: the CLI, evaluate and generate encode prompts to the same length.
 TOKEN_WINDOW_KEY = "fashion_lora_max_token_length"
 KOHYA_TOKEN_KEY = "ss_max_token_length"  # kohya's: 75 tokens per window (77 with start and end)
+# Rank and alpha each part trained with, in both files' metadata (kohya's ss_network_dim and
+# ss_network_alpha hold one part's, the UNet's, and after `folded` its alpha is the rank).
+ADAPTER_KEY = "fashion_lora_adapter"
 
 
 def lora_config(lora: LoraParams | TextEncoderLoraParams):
@@ -68,28 +71,59 @@ def lora_state(model) -> dict[str, torch.Tensor]:
 def save_lora(out_dir: Path, states: dict[str, dict[str, torch.Tensor]], configs: dict, max_token_length: int) -> Path:
     """Write `pytorch_lora_weights.safetensors` in the layout `load_lora_weights(dir)` reads:
     `states` and `configs` by pipeline component ("unet", and "text_encoder" when it trained;
-    diffusers prefixes each key with its component).
+    diffusers prefixes each key with its component). The pinned stack and the previous major one
+    (diffusers 0.32 / transformers 4.x) load it alike (benchmarks/previous_stack.py):
 
-    Each LoRA config (rank, alpha, targets) goes into the file's metadata: without it diffusers
-    assumes alpha == rank and would scale a rank-12/alpha-24 adapter by half. So does the
-    caption token window it was trained with.
+    - the text encoder's keys in CLIP's classic layout (`text_model.encoder.layers...`), which 4.x
+      needs and diffusers strips for transformers 5's flat encoder;
+    - each part's alpha / rank folded into its `lora_B` and `lora_alpha` written as the rank:
+      diffusers before 0.33 reads no alpha and assumes alpha == rank, which would scale a
+      rank-12/alpha-24 adapter by half. The product B·A·alpha/rank, all that inference uses, is
+      the same; the trained rank and alpha of both parts stay in `fashion_lora_adapter`.
+
+    Each LoRA config (rank, targets) goes into the file's metadata, and so does the caption token
+    window it was trained with.
     """
     from diffusers import StableDiffusionPipeline
+
+    layers = {c: folded(classic_keys(c, s), configs[c]) for c, s in states.items()}
 
     def meta(component: str) -> dict | None:
         if component not in states:
             return None
         # peft keeps target_modules as a set: sort it, or the metadata (and the file hash) would
         # change with Python's string hash seed.
-        return {k: sorted(v) if isinstance(v, set) else v for k, v in configs[component].to_dict().items()}
+        cfg = {k: sorted(v) if isinstance(v, set) else v for k, v in configs[component].to_dict().items()}
+        return {**cfg, "lora_alpha": float(cfg["r"])}  # the scale is in lora_B (above)
 
+    trained = {c: {"rank": configs[c].r, "alpha": float(configs[c].lora_alpha), "scale_in_lora_B": True}
+               for c in states}
     out_dir.mkdir(parents=True, exist_ok=True)
     StableDiffusionPipeline.save_lora_weights(
-        out_dir, unet_lora_layers=states["unet"], text_encoder_lora_layers=states.get("text_encoder"),
+        out_dir, unet_lora_layers=layers["unet"], text_encoder_lora_layers=layers.get("text_encoder"),
         unet_lora_adapter_metadata=meta("unet"), text_encoder_lora_adapter_metadata=meta("text_encoder"),
         safe_serialization=True)
-    canonicalize_safetensors(out_dir / LORA_WEIGHTS, {TOKEN_WINDOW_KEY: str(max_token_length)})
+    canonicalize_safetensors(out_dir / LORA_WEIGHTS, {TOKEN_WINDOW_KEY: str(max_token_length),
+                                                      ADAPTER_KEY: json.dumps(trained, sort_keys=True)})
     return out_dir / LORA_WEIGHTS
+
+
+def classic_keys(component: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The text encoder's LoRA keys under `text_model.` (CLIP's classic layout); other parts as they are."""
+    if component != "text_encoder":
+        return state
+    return {k if k.startswith("text_model.") else "text_model." + k: v for k, v in state.items()}
+
+
+def folded(state: dict[str, torch.Tensor], config) -> dict[str, torch.Tensor]:
+    """`state` with lora_B multiplied by the config's alpha / rank (a copy; 1 leaves it as it is).
+    Our configs set no per-module rank or alpha patterns, which would need their own factor."""
+    if config.rank_pattern or config.alpha_pattern or config.use_rslora:
+        raise ValueError("folding alpha into lora_B assumes one rank and alpha per component, no rsLoRA")
+    scale = config.lora_alpha / config.r
+    if scale == 1:
+        return state
+    return {k: v * scale if ".lora_B." in k else v for k, v in state.items()}
 
 
 def token_window(file: Path) -> int | None:
@@ -209,6 +243,8 @@ def kohya_state(diffusers_file: Path) -> tuple[dict[str, torch.Tensor], dict[str
     unet = configs["unet"]
     meta_out = {"ss_network_module": "networks.lora", "ss_network_dim": str(unet.get("r")),
                 "ss_network_alpha": str(unet["lora_alpha"]), "ss_base_model_version": "sd_v1"}
+    if ADAPTER_KEY in meta:
+        meta_out[ADAPTER_KEY] = meta[ADAPTER_KEY]
     if meta.get(TOKEN_WINDOW_KEY, "").isdigit():
         meta_out[KOHYA_TOKEN_KEY] = str(int(meta[TOKEN_WINDOW_KEY]) // 77 * 75)
     return out, meta_out

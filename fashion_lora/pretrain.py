@@ -26,6 +26,7 @@ from . import diffusion
 from .base import model_step
 from .buckets import Bucket, bucket_name, buckets_for, nearest_bucket
 from .figures import render
+from .folders import save_pipeline
 from .images import resize_crop, to_vae_input
 from .lr_schedule import lr_factor
 from .params import PrecomputeParams, PretrainParams
@@ -220,5 +221,5 @@ def provision_tiny(seed: int, out_dir: Path, pretrain: PretrainParams, precomput
     with tempfile.TemporaryDirectory() as work:  # the tokenizer's source files; saved with the pipeline
         pipe = build_tiny(seed, Path(work), "v_prediction")
     report = pretrain_tiny(pipe, pretrain, seed, buckets_for(precompute, model_step(pipe.vae, pipe.unet)))
-    pipe.save_pretrained(out_dir, safe_serialization=True)
+    save_pipeline(pipe, out_dir)
     return {**base_info(pipe, "tiny", "tiny"), **report}

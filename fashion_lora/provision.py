@@ -12,6 +12,7 @@ import torch
 from .base import vae_scale_factor
 from .base_id import LEGACY_IDS, classify_base
 from .errors import UserError
+from .folders import save_pipeline
 from .tiny import build_tiny
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def provision_base(base: str, seed: int, out_dir: Path) -> dict:
                             "set model.base to that folder's path") from None
     else:
         raise AssertionError(kind)
-    pipe.save_pretrained(out_dir, safe_serialization=True)
+    save_pipeline(pipe, out_dir)
     return base_info(pipe, base, kind)
 
 

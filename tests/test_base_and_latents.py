@@ -22,6 +22,32 @@ def test_tokenizer_matches_reference_ids(tmp_path):
     assert tok.model_max_length == 77
 
 
+def test_base_folder_has_what_transformers_4_reads(tmp_path, tiny_base):
+    """models/base as the previous stack reads it (benchmarks/previous_stack.py loads it there):
+    the text encoder's weights under CLIP's classic `text_model.` keys, and the slow tokenizer's
+    vocab.json / merges.txt beside tokenizer.json, giving the same ids; the pinned stack reads
+    every weight of those keys."""
+    import json
+
+    from safetensors import safe_open
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    with safe_open(str(tiny_base / "text_encoder/model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    assert keys and all(k.startswith("text_model.") for k in keys)
+    encoder, info = CLIPTextModel.from_pretrained(tiny_base / "text_encoder", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    folder = tiny_base / "tokenizer"
+    assert json.loads((folder / "vocab.json").read_text())["<|endoftext|>"] == 49407
+    assert (folder / "merges.txt").read_text().startswith("#version: 0.2\n")
+    from_json = CLIPTokenizer.from_pretrained(folder)
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):  # what 4.x's slow tokenizer reads
+        (tmp_path / name).write_bytes((folder / name).read_bytes())
+    from_files = CLIPTokenizer.from_pretrained(tmp_path)
+    caption = "The lady wears a short-sleeve T-shirt with cotton fabric and color block patterns."
+    assert from_files(caption).input_ids == from_json(caption).input_ids
+
+
 def _tree_hash(folder: Path) -> dict:
     return {str(f.relative_to(folder)): hashlib.sha256(f.read_bytes()).hexdigest()
             for f in sorted(folder.rglob("*")) if f.is_file()}

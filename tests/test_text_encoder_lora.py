@@ -1,6 +1,7 @@
 """train.text_encoder_lora: LoRA on the CLIP text encoder beside the UNet's, trained, validated,
 checkpointed, saved (diffusers and kohya layouts) and fused together."""
 
+import json
 
 import pytest
 import torch
@@ -94,10 +95,16 @@ def test_training_changes_only_the_lora_of_both_models_and_the_saved_file_reload
     with safe_open(str(out.lora_dir / KOHYA_WEIGHTS), "pt") as f:
         alphas = {k.split(".")[0].split("_")[1]: float(f.get_tensor(k)) for k in f.keys() if k.endswith(".alpha")}
         te_keys = [k for k in f.keys() if k.startswith("lora_te_")]
-    assert alphas == {"unet": 24.0, "te": 6.0}
+    assert alphas == {"unet": 12.0, "te": 4.0}  # alpha = rank: alpha / rank is in lora_up (24 / 12, 6 / 4)
     assert te_keys and all(k.startswith("lora_te_text_model_encoder_layers_") for k in te_keys)  # kohya's CLIP names
     with safe_open(str(out.lora_dir / LORA_WEIGHTS), "pt") as f:
         assert {k.split(".")[0] for k in f.keys()} == {"unet", "text_encoder"}
+        # CLIP's classic layout, which transformers 4.x needs and diffusers strips for transformers 5
+        assert all(k.startswith("text_encoder.text_model.encoder.layers.") for k in f.keys() if "text_encoder" in k)
+        # both parts described (kohya's ss_network_dim/alpha hold one number each)
+        assert json.loads(f.metadata()["fashion_lora_adapter"]) == {
+            "unet": {"rank": 12, "alpha": 24.0, "scale_in_lora_B": True},
+            "text_encoder": {"rank": 4, "alpha": 6.0, "scale_in_lora_B": True}}
 
 
 def test_resume_with_text_encoder_lora_and_ema_is_bit_exact(tmp_path, tiny_base, latent_dir):

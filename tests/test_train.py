@@ -72,7 +72,7 @@ def test_loss_decreases_on_fixed_batch(tiny_base):
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_saved_adapter_reloads_exactly_with_alpha_not_rank(tmp_path, tiny_base):
+def test_saved_adapter_reloads_exactly_with_alpha_folded_into_lora_b(tmp_path, tiny_base):
     p = train_params(lora={"rank": 4, "alpha": 12.0, "dropout": 0.1})
     base = load_base(tiny_base, torch.device("cpu"))
     cfg = attach_lora(base.unet, p.train.lora)
@@ -96,8 +96,19 @@ def test_saved_adapter_reloads_exactly_with_alpha_not_rank(tmp_path, tiny_base):
     trained = {k.rsplit(".lora_", 1)[0] for k in lora_state(base.unet)}
     loaded = {n for n, m in pipe.unet.named_modules() if hasattr(m, "lora_A") and "fashion" in m.lora_A}
     assert trained == loaded and len(trained) == 92
+    # alpha / rank = 3 is folded into the file's lora_B (diffusers 0.32 reads no alpha), so the
+    # loaded scaling is 1 and the trained rank and alpha are recorded beside
     scaling = {m.scaling["fashion"] for _, m in pipe.unet.named_modules() if hasattr(m, "scaling") and m.scaling}
-    assert scaling == {3.0}  # alpha / rank = 12 / 4, not 1
+    assert scaling == {1.0}
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / LORA_WEIGHTS), "pt") as f:
+        meta = f.metadata()
+        saved = {k.removeprefix("unet."): f.get_tensor(k) for k in f.keys()}
+    state = lora_state(base.unet)
+    assert all(torch.equal(saved[k], v * 3.0 if ".lora_B." in k else v) for k, v in state.items())
+    assert json.loads(meta["fashion_lora_adapter"]) == {"unet": {"rank": 4, "alpha": 12.0, "scale_in_lora_B": True}}
+    assert json.loads(meta["lora_adapter_metadata"])["unet.lora_alpha"] == 4.0
 
 
 def test_kohya_export_round_trips_through_diffusers(tmp_path, tiny_base, latent_dir):
@@ -120,7 +131,8 @@ def test_kohya_export_round_trips_through_diffusers(tmp_path, tiny_base, latent_
         keys = list(f.keys())
         alphas = {float(f.get_tensor(k)) for k in keys if k.endswith(".alpha")}
         meta = f.metadata()
-    assert all(k.startswith("lora_unet_") for k in keys) and alphas == {8.0}
+    assert all(k.startswith("lora_unet_") for k in keys) and alphas == {4.0}  # alpha 8 / rank 4 is in lora_up
+    assert json.loads(meta["fashion_lora_adapter"])["unet"] == {"rank": 4, "alpha": 8.0, "scale_in_lora_B": True}
     # the token window in kohya's terms (75 tokens a window), read back as ours
     assert meta["ss_max_token_length"] == "75"
     assert token_window(tmp_path / "lora/fashion_lora_kohya.safetensors") == 77
@@ -577,7 +589,7 @@ def test_dora_adapter_reloads_fuses_and_refuses_kohya(tmp_path, tiny_base, laten
     assert not (lora / "fashion_lora_kohya.safetensors").exists()
     base = load_base(tiny_base, torch.device("cpu"), with_vae=False)
     torch.manual_seed(0)
-    attach_lora(base.unet, p.train.lora)
+    attach_lora(base.unet, replace(p.train.lora, alpha=float(p.train.lora.rank)))  # the file holds alpha / rank in lora_B
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
