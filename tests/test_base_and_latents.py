@@ -253,7 +253,7 @@ def test_precompute_flipped_stores_the_latent_of_each_mirrored_image(tmp_path, t
                        "caption": [f"c{i}" for i in range(6)], "split": ["train", "val"] * 3})
     vae = load_base(tiny_base, torch.device("cpu")).vae
     pre = replace(small_params().precompute, workers=1, batch_size=4, dtype="float32")
-    plain, _, _ = encode_dataset(df, vae, pre, tmp_path / "plain", [(64, 64)])
+    plain, _, _ = encode_dataset(df, vae, replace(pre, flipped=False), tmp_path / "plain", [(64, 64)])
     index, drops, seconds = encode_dataset(df, vae, replace(pre, flipped=True), tmp_path / "both", [(64, 64)])
     assert "flipped" not in plain["meta"] and index["meta"]["flipped"] is True
     off, on = load_latents(tmp_path / "plain"), load_latents(tmp_path / "both")
