@@ -23,6 +23,7 @@ bench: setup
 	python -m benchmarks.dvc_overhead
 	python -m benchmarks.memory
 	python -m benchmarks.judge_memory
+	python -m benchmarks.previous_stack
 	python -m benchmarks.readme_table
 
 # Rebuild the committed offline plots page after changing the pins in tools/plots/package.json.
@@ -37,8 +38,10 @@ demo: setup
 lint: setup
 	ruff check .
 
+# Two workers (pytest-xdist): one torch thread each (tests/conftest.py); the tests that copy the
+# session's small pipeline share one worker (xdist_group), so it is built once.
 test: lint
-	pytest
+	pytest -n 2 --dist loadgroup
 
 test-fast: lint
-	pytest -m "not slow"
+	pytest -n 2 --dist loadgroup -m "not slow"

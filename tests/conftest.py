@@ -16,6 +16,31 @@ PIPELINE_STAGES = {"check", "download", "base_model", "filter", "precompute", "t
                    "report"}
 
 
+WORKER_THREADS = 1  # torch threads per xdist worker: `make test` runs two workers on two cores
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker computes on one thread (two workers of two threads on two
+    cores run several times slower than either alone); stage subprocesses take theirs from
+    `cpu_threads`, 1 in `SMALL`."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = str(WORKER_THREADS)
+        torch.set_num_threads(WORKER_THREADS)
+
+
+@pytest.fixture(autouse=True)
+def _worker_threads():
+    """A test that sets torch's thread count (a stage's `configure_torch` with the default
+    params) does not leave it raised for the next test on the same worker."""
+    import os
+
+    yield
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(WORKER_THREADS)
+
+
 @pytest.fixture(scope="session")
 def params() -> Params:
     return load_params(REPO / "params.yaml")

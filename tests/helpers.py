@@ -27,6 +27,7 @@ CAPTIONS = ["The lady wears a short-sleeve T-shirt with cotton fabric and pure c
 
 # Small but complete settings for end-to-end runs of the real pipeline in a temp copy.
 SMALL = {
+    "cpu_threads": 1,  # two test workers on two cores (make test): one thread each, never oversubscribed
     "model.base": "tiny-random",  # the pretrained default takes minutes; its own tests are in test_pretrain
     "data.synthetic.count": 80,
     "train.max_steps": 20,

@@ -15,7 +15,8 @@ import yaml
 
 from tests.helpers import SMALL, dvc, env, make_repo
 
-pytestmark = pytest.mark.slow
+# Copies of the session's small pipeline: on one xdist worker, which builds it once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("small_run")]
 
 # Outputs that hold wall-clock timings legitimately differ between runs.
 TIMED = {"reports/filter.json", "reports/precompute.json", "reports/train_report.json",

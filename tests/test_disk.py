@@ -120,6 +120,7 @@ def test_estimate_of_the_real_run_and_a_refusal_naming_the_shortfall(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("small_run")  # on the worker that holds the session's small pipeline
 def test_a_small_filesystem_refuses_runs_and_a_full_disk_mid_stage_is_one_line(tmp_path, small_run):
     """The trial of issue 27 on a real small filesystem (a tmpfs mount) after a complete run:
     - 2 MB left: `dvc exp run -S train...` is refused by the check stage, nothing deleted;

@@ -20,8 +20,9 @@ TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 def torchrun(tiny_base: Path, latent_dir: Path, out: Path, scenario: str = "plain", **overrides):
     """Two processes of `tests/two_process_train.py`; processes left waiting for each other are
     killed, all of them, after 300 s and fail the test."""
-    cmd = [TORCHRUN, "--nproc_per_node", "2", "-m", "tests.two_process_train", str(tiny_base), str(latent_dir), str(out),
-           json.dumps(overrides), scenario]
+    # --standalone: a free port of its own (a second torchrun on the other test worker may be running)
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "tests.two_process_train", str(tiny_base),
+           str(latent_dir), str(out), json.dumps(overrides), scenario]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:

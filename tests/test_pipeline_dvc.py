@@ -18,7 +18,8 @@ from PIL import Image
 from fashion_lora.filtering import product_id
 from tests.helpers import SMALL, back_to_head, copy_run, dvc, env, git, ran, render_offline, run, write_params
 
-pytestmark = pytest.mark.slow
+# Copies of the session's small pipeline: on one xdist worker, which builds it once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("small_run")]
 
 
 @pytest.fixture(scope="module")
@@ -309,7 +310,7 @@ def test_two_process_training_gives_one_adapter(repo):
     default, the text encoder, each wrapped); one adapter with both parts results."""
     torchrun = str(Path(sys.executable).parent / "torchrun")
     write_params(repo, {"cpu_threads": 1})  # one thread per process: 2 x 2 threads on 2 cores ran 2x slower
-    run([torchrun, "--nproc_per_node", "2", "-m", "stages.train"], repo)
+    run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "stages.train"], repo)
     report = json.loads((repo / "reports/train_report.json").read_text())
     assert report["system"]["processes"] == 2 and report["steps"] == SMALL["train.max_steps"]
     assert report["best_val"]["mse"] < report["base_val"]["mse"] and report["text_encoder_lora_modules"] == 8
