@@ -8,7 +8,7 @@ Two controls write the adapter as this project wrote it before (text-encoder key
 5's flat layout, alpha only in the metadata): the pinned stack loads them; the previous one stops
 on the first and scales the UNet's LoRA by rank/alpha on the second.
 
-    python -m benchmarks.previous_stack [--env .previous-stack] [--steps N]
+    python -m benchmarks.previous_stack [--env .previous-stack] [--steps N] [--python PATH]
 
 Reads models/base, models/lora, data/latents/index.json and params.yaml; writes
 reports/bench/previous_stack.json.
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import write
+from benchmarks.previous_stack_child import draw, load
 from fashion_lora import paths
 from fashion_lora.export import export_fused
 from fashion_lora.inference import image_size
@@ -79,24 +80,6 @@ def old_layout(file: Path, out: Path, classic_keys: bool) -> None:
     save_file(state, str(out), metadata={**meta, "lora_adapter_metadata": json.dumps(peft_meta)})
 
 
-def draw_pinned(case: dict, spec: dict) -> np.ndarray:
-    """The same drawing as the child's, in this (the pinned) stack."""
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(case["base"], dtype=torch.float32, safety_checker=None,
-                                                   requires_safety_checker=False, use_safetensors=True)
-    if case.get("lora"):
-        pipe.load_lora_weights(case["lora_dir"], weight_name=case["lora"], adapter_name="fashion")
-    pipe.set_progress_bar_config(disable=True)
-    images = []
-    for prompt in spec["prompts"]:
-        out = pipe(prompt, num_inference_steps=spec["steps"], guidance_scale=spec["guidance_scale"],
-                   height=spec["height"], width=spec["width"], output_type="np",
-                   generator=torch.Generator().manual_seed(spec["seed"]))
-        images.append(out.images[0])
-    return np.stack(images)
-
-
 def diff(a: np.ndarray, b: np.ndarray) -> dict:
     """Pixel differences on the 0-255 scale."""
     d = np.abs(a.astype(np.float64) - b.astype(np.float64)) * 255
@@ -110,10 +93,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--env", type=Path, default=Path(".previous-stack"), help="the second venv (built if missing)")
     ap.add_argument("--steps", type=int, default=params.generate.steps[0], help="denoising steps per image")
+    ap.add_argument("--python", type=Path, default=None,
+                    help="run the previous side with this interpreter instead of --env's (the tests' wiring check)")
     args = ap.parse_args()
     threads = params.cpu_threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    python = ensure_env(args.env.resolve())
+    python = args.python or ensure_env(args.env.resolve())
     height, width = image_size(params.generate.height, params.generate.width, paths.LATENTS)
     lora_dir = paths.LORA.resolve()
     with tempfile.TemporaryDirectory() as work:
@@ -138,7 +123,8 @@ def main() -> None:
             raise SystemExit(f"the previous stack's child failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         child = json.loads(proc.stdout.strip().splitlines()[-1])
         previous = dict(np.load(work / "previous.npz"))
-        pinned = {name: draw_pinned(case, spec) for name, case in cases.items()}
+        # the same stock code as the child's, here in the pinned stack
+        pinned = {name: draw(load(case), spec) for name, case in cases.items()}
     import diffusers
     import transformers
 
@@ -155,6 +141,8 @@ def main() -> None:
             result["cases"][name] = {"loads": False, "error": child["errors"][name]}
         else:
             result["cases"][name] = {"loads": True, "vs_pinned": diff(previous[name], pinned[name])}
+        if name.startswith("control"):  # the same adapter: the pinned stack, which reads both layouts, draws the same
+            result["cases"][name]["pinned_vs_lora"] = diff(pinned[name], pinned["lora"])
     rows = [(name, json.dumps(c.get("vs_pinned") or c["error"][:80])) for name, c in result["cases"].items()]
     write("previous_stack", result, [("lora effect (pinned, vs base)", json.dumps(result["lora_effect"]))] + rows)
 

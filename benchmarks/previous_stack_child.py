@@ -1,6 +1,7 @@
 """Run by benchmarks/previous_stack.py inside the previous stack's venv (diffusers 0.32 /
 transformers 4.x): load each case of the spec with the stock API only, draw its prompts and
-seeds, save the images. Imports nothing of fashion_lora, which is written for the pinned stack.
+seeds, save the images. Imports nothing of fashion_lora, which is written for the pinned stack;
+benchmarks/previous_stack.py draws the pinned stack's images with these same functions.
 
     python benchmarks/previous_stack_child.py SPEC.json OUT.npz
 """

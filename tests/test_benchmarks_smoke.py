@@ -45,3 +45,23 @@ def test_the_judges_memory_stays_within_its_estimate(tmp_path):
     assert runs["uint8 buffer, 2 threads"]["peak_mib"] < estimate + 40
     assert runs["float32 + torch.cat (before)"]["peak_mib"] > 4 * estimate
     assert out["at_scale"]["all images"]["buffer_mib"] == pytest.approx(44096 * 3 * 192 * 128 / 2**20, abs=0.1)
+
+
+@pytest.mark.xdist_group("small_run")  # on the worker that holds the session's small pipeline
+def test_previous_stack_check_runs_on_a_finished_pipeline(tmp_path, small_run):
+    """benchmarks.previous_stack's wiring on a finished pipeline, with the pinned stack on both
+    sides (`make bench` builds the previous stack's venv; CI does not): every case loads and
+    draws on both sides, and the controls, the adapter rewritten as it was written before (alpha
+    only in the metadata; flat text-encoder keys), draw in the pinned stack what the adapter
+    draws: the folded alpha and the classic keys change nothing there."""
+    env = {**os.environ, "BENCH_OUT": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.previous_stack", "--python", sys.executable, "--steps", "2"],
+                          cwd=small_run, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads((tmp_path / "previous_stack.json").read_text())
+    assert out["lora_effect"]["mean"] > 1  # the adapter moves the images (0-255 scale)
+    assert {name for name, case in out["cases"].items() if case["loads"]} == {
+        "base", "fused", "lora", "kohya", "control_flat_keys", "control_alpha_in_metadata"}
+    assert all(case["vs_pinned"]["max"] == 0 for case in out["cases"].values())  # one stack: the same drawing
+    for control in ("control_flat_keys", "control_alpha_in_metadata"):
+        assert out["cases"][control]["pinned_vs_lora"]["max"] < 1.0, out["cases"][control]

@@ -108,7 +108,8 @@ def test_estimate_of_the_real_run_and_a_refusal_naming_the_shortfall(tmp_path):
                          "precompute.resolution": 512, "train.batch_size": 4})
     report = estimate(real)
     assert report["outputs"]["data/raw"] == 5_400_000_000 and report["download_extra"] == 5_400_000_000
-    assert report["outputs"]["data/latents"] == 10_000 * (4 * 64 * 96 * 2 + 400)  # 512x768 portraits, fp16
+    # 512x768 portraits, fp16, each also mirrored (precompute.flipped, the default)
+    assert report["outputs"]["data/latents"] == 10_000 * (2 * 4 * 64 * 96 * 2 + 400)
     assert 1e7 < report["lora_params"] < 1.05e7  # rank 12 UNet + rank 16 CLIP attention on SD1.5
     assert report["hub_download"] == report["outputs"]["models/base"] == 4_270_000_000
     needs = additional_need(report, root=tmp_path, cache=tmp_path / ".dvc/cache")

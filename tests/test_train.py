@@ -5,12 +5,14 @@ from dataclasses import replace
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from fashion_lora import diffusion
 from fashion_lora.base import load_base
 from fashion_lora.errors import UserError
 from fashion_lora.latents import LatentGroups
 from fashion_lora.lora import (
+    ADAPTER_KEY,
     LORA_WEIGHTS,
     attach_lora,
     keep_lora_fp32,
@@ -100,8 +102,6 @@ def test_saved_adapter_reloads_exactly_with_alpha_folded_into_lora_b(tmp_path, t
     # loaded scaling is 1 and the trained rank and alpha are recorded beside
     scaling = {m.scaling["fashion"] for _, m in pipe.unet.named_modules() if hasattr(m, "scaling") and m.scaling}
     assert scaling == {1.0}
-    from safetensors import safe_open
-
     with safe_open(str(tmp_path / LORA_WEIGHTS), "pt") as f:
         meta = f.metadata()
         saved = {k.removeprefix("unet."): f.get_tensor(k) for k in f.keys()}
@@ -125,8 +125,6 @@ def test_kohya_export_round_trips_through_diffusers(tmp_path, tiny_base, latent_
         plain = load_pipeline(tiny_base, None, torch.device("cpu")).unet(x, t, encoder_hidden_states).sample
     assert (a - b).abs().max().item() < 1e-5
     assert (a - plain).abs().max().item() > 1e-4  # the adapter does something
-    from safetensors import safe_open
-
     with safe_open(str(tmp_path / "lora/fashion_lora_kohya.safetensors"), "pt") as f:
         keys = list(f.keys())
         alphas = {float(f.get_tensor(k)) for k in keys if k.endswith(".alpha")}
@@ -571,7 +569,11 @@ def test_ema_resume_is_bit_exact_and_the_average_is_what_is_saved(tmp_path, tiny
     for rel in (LORA_WEIGHTS, f"last/{LORA_WEIGHTS}"):
         assert (tmp_path / "full/lora" / rel).read_bytes() == (tmp_path / "cut/lora" / rel).read_bytes(), rel
     ckpt = torch.load(tmp_path / "full/ckpt/checkpoint.pt", weights_only=True)
-    last = list(load_file(tmp_path / f"full/lora/last/{LORA_WEIGHTS}").values())
+    file = tmp_path / f"full/lora/last/{LORA_WEIGHTS}"
+    with safe_open(str(file), "pt") as f:
+        trained_as = json.loads(f.metadata()[ADAPTER_KEY])  # the file's lora_B hold alpha / rank: undone here
+    last = [v / (trained_as[k.split(".")[0]]["alpha"] / trained_as[k.split(".")[0]]["rank"]) if ".lora_B." in k else v
+            for k, v in load_file(file).items()]
     shadow, trained = ckpt["ema"]["shadow"], list(ckpt["lora"]["unet"].values())
     assert len(last) == len(shadow) and sorted(float(t.sum()) for t in last) == sorted(float(t.sum()) for t in shadow)
     assert sorted(float(t.sum()) for t in last) != sorted(float(t.sum()) for t in trained)
