@@ -32,7 +32,7 @@ from benchmarks.previous_stack_child import draw, load
 from fashion_lora import paths
 from fashion_lora.export import export_fused
 from fashion_lora.inference import image_size
-from fashion_lora.lora import KOHYA_WEIGHTS, LORA_WEIGHTS
+from fashion_lora.lora import ADAPTER_KEY, KOHYA_WEIGHTS, LORA_WEIGHTS
 from fashion_lora.params import load_params
 
 log = logging.getLogger("benchmarks.previous_stack")
@@ -64,7 +64,7 @@ def old_layout(file: Path, out: Path, classic_keys: bool) -> None:
 
     with safe_open(str(file), framework="pt") as f:
         meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    trained = json.loads(meta["fashion_lora_adapter"])
+    trained = json.loads(meta[ADAPTER_KEY])
     peft_meta = json.loads(meta["lora_adapter_metadata"])
     state = {}
     for key, value in tensors.items():

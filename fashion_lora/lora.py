@@ -77,7 +77,7 @@ def save_lora(out_dir: Path, states: dict[str, dict[str, torch.Tensor]], configs
     - the text encoder's keys in CLIP's classic layout (`text_model.encoder.layers...`), which 4.x
       needs and diffusers strips for transformers 5's flat encoder;
     - each part's alpha / rank folded into its `lora_B` and `lora_alpha` written as the rank:
-      diffusers before 0.33 reads no alpha and assumes alpha == rank, which would scale a
+      diffusers 0.32 reads no alpha and assumes alpha == rank, which would scale a
       rank-12/alpha-24 adapter by half. The product B·A·alpha/rank, all that inference uses, is
       the same; the trained rank and alpha of both parts stay in `fashion_lora_adapter`.
 
