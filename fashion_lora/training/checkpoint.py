@@ -241,10 +241,17 @@ def load_checkpoint(path: Path, fp: dict[str, str]) -> dict | None:
 def _ended(path: Path, step) -> bool:
     """Whether the checkpoint at `path` is that of a run that ended (its finished record, left by
     `record_finished`, is at the same step): nothing is left to resume."""
+    record = read_finished(path.parent / FINISHED)
+    return record is not None and record.get("step") == step
+
+
+def read_finished(path: Path) -> dict | None:
+    """The finished record `record_finished` wrote at `path`, or None (absent or unreadable)."""
     try:
-        return json.loads((path.parent / FINISHED).read_text()).get("step") == step
-    except (OSError, ValueError, AttributeError):
-        return False
+        record = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _set_lora(model, state: dict) -> None:
@@ -258,11 +265,7 @@ def _set_lora(model, state: dict) -> None:
 # ----------------------------------------------------------------------------- finished runs
 def finished_run(run: Run) -> dict | None:
     """The record `report.finish` left for this very run (same fingerprint and step), or None."""
-    path = run.out.finished
-    try:
-        record = json.loads(path.read_text()) if path.is_file() else None
-    except (OSError, ValueError):
-        return None
+    record = read_finished(run.out.finished)
     matches = record and record.get("fingerprint") == run.fingerprint and record.get("step") == run.state.step
     return record if matches else None
 
